@@ -1,0 +1,12 @@
+"""ClearCLIP (ECCV 2024) as a Detectron2 plugin.
+
+``import clearclip_d2`` registers the meta-architecture ``ClearCLIPSegmentor`` and the
+datasets; :func:`add_clearclip_config` adds the ``MODEL.CLEARCLIP`` keys.
+"""
+
+from . import data, evaluation, modeling  # noqa: F401  (registration on import)
+from .config import add_clearclip_config
+from .utils.errors import ClearCLIPError
+
+__version__ = "0.1.0"
+__all__ = ["ClearCLIPError", "add_clearclip_config"]

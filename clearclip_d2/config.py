@@ -1,0 +1,78 @@
+"""Config keys of ClearCLIP (``MODEL.CLEARCLIP.*``) and the reference's input defaults."""
+
+from detectron2.config import CfgNode as CN
+
+from . import constants
+
+
+def add_clearclip_config(cfg: CN) -> None:
+    """Add ``MODEL.CLEARCLIP`` with the reference defaults to a Detectron2 config, in place."""
+    cfg.MODEL.CLEARCLIP = CN()
+    # open_clip architecture name ("ViT-B-16", "ViT-L-14", ...) or path of an open_clip model-config JSON.
+    cfg.MODEL.CLEARCLIP.MODEL_NAME = "ViT-B-16"
+    # open_clip pretrained tag ("openai", "laion2b_s34b_b88k", ...), a local checkpoint file
+    # (.safetensors / .bin / .pt, read as tensors only), or "" for random weights.
+    cfg.MODEL.CLEARCLIP.PRETRAINED = "openai"
+    # Use QuickGELU even if the architecture's JSON says GELU (needed for OpenAI weights loaded
+    # from a local file; tags set it themselves).
+    cfg.MODEL.CLEARCLIP.FORCE_QUICK_GELU = False
+    # Where open_clip caches downloaded weights ("" = the Hugging Face default cache).
+    cfg.MODEL.CLEARCLIP.WEIGHTS_CACHE_DIR = ""
+    # The paper's three switches, applied to the last vision block only:
+    # attention variant ("qq" = ClearCLIP self-self attention, "qk" = plain CLIP),
+    # keep the attention residual connection, keep the feed-forward network.
+    cfg.MODEL.CLEARCLIP.ATTENTION = "qq"
+    cfg.MODEL.CLEARCLIP.RESIDUAL = False
+    cfg.MODEL.CLEARCLIP.FFN = False
+    # Cosine similarities are multiplied by this before the softmax over queries.
+    cfg.MODEL.CLEARCLIP.LOGIT_SCALE = constants.LOGIT_SCALE
+    # Pixels whose highest class probability is below this are predicted as class 0 (background).
+    cfg.MODEL.CLEARCLIP.PROB_THRESHOLD = 0.0
+    # Sliding window size and step in pixels of the resized image; SLIDE_CROP 0 = whole image at once.
+    cfg.MODEL.CLEARCLIP.SLIDE_CROP = constants.SLIDE_CROP
+    cfg.MODEL.CLEARCLIP.SLIDE_STRIDE = constants.SLIDE_STRIDE
+    # Windows per image-encoder batch (bounds memory; results do not depend on it).
+    cfg.MODEL.CLEARCLIP.WINDOW_BATCH = 8
+    # Prompts per text-encoder batch when embedding the vocabulary.
+    cfg.MODEL.CLEARCLIP.TEXT_BATCH_SIZE = 256
+    # Prompt templates, "{}" stands for the class name (default: the 80 OpenAI ImageNet templates).
+    cfg.MODEL.CLEARCLIP.PROMPT_TEMPLATES = constants.openai_imagenet_templates()
+    # "" = the test dataset's stuff_classes; else a file with one class a line,
+    # comma-separated synonyms ("sky, clouds").
+    cfg.MODEL.CLEARCLIP.CLASS_NAMES_FILE = ""
+
+    # The reference's input: RGB, CLIP normalisation on 0-255 values,
+    # short side resized to 448 with the long side at most 2048 (bilinear).
+    cfg.INPUT.FORMAT = "RGB"
+    cfg.MODEL.PIXEL_MEAN = list(constants.CLIP_PIXEL_MEAN)
+    cfg.MODEL.PIXEL_STD = list(constants.CLIP_PIXEL_STD)
+    cfg.INPUT.MIN_SIZE_TEST = constants.RESIZE_SHORT_EDGE
+    cfg.INPUT.MAX_SIZE_TEST = constants.RESIZE_MAX_LONG_EDGE
+
+
+def check_clearclip_config(cfg: CN) -> None:
+    """Validate the ClearCLIP keys without building the model (no weights are read).
+
+    Raises :class:`~clearclip_d2.utils.errors.ClearCLIPError` with the key and the fix.
+    """
+    from .data.vocabulary import load_vocabulary_file
+    from .modeling.clip_loading import check_pretrained, resolve_architecture
+    from .modeling.decomposition import get_attention_variant
+    from .modeling.text_classifier import check_templates
+    from .utils.errors import ClearCLIPError
+
+    cc = cfg.MODEL.CLEARCLIP
+    get_attention_variant(cc.ATTENTION)
+    check_pretrained(resolve_architecture(cc.MODEL_NAME), cc.PRETRAINED)
+    check_templates(cc.PROMPT_TEMPLATES)
+    if cc.CLASS_NAMES_FILE:
+        load_vocabulary_file(cc.CLASS_NAMES_FILE)
+    if not 0.0 <= cc.PROB_THRESHOLD <= 1.0:
+        raise ClearCLIPError(f"MODEL.CLEARCLIP.PROB_THRESHOLD {cc.PROB_THRESHOLD} must be in [0, 1]")
+    if cc.SLIDE_CROP < 0 or (cc.SLIDE_CROP > 0 and cc.SLIDE_STRIDE <= 0) or cc.WINDOW_BATCH <= 0:
+        raise ClearCLIPError(
+            f"MODEL.CLEARCLIP.SLIDE_CROP {cc.SLIDE_CROP} / SLIDE_STRIDE {cc.SLIDE_STRIDE} / WINDOW_BATCH "
+            f"{cc.WINDOW_BATCH}: need crop >= 0 (0 = whole image), stride > 0, window batch > 0"
+        )
+    if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
+        raise ClearCLIPError(f"INPUT.FORMAT {cfg.INPUT.FORMAT!r} is not supported by ClearCLIP; use RGB or BGR")

@@ -1,0 +1,58 @@
+"""Test-time dataset mapper: read, resize as the reference does, keep the original size."""
+
+import copy
+from typing import Dict, List
+
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+
+from ..utils.errors import ClearCLIPError
+from .transforms import ResizeShortLongEdge
+
+
+def read_image_or_fail(file_name: str, image_format: str) -> np.ndarray:
+    """Detectron2's ``read_image`` (EXIF orientation applied), HxWx3 uint8, naming the file on failure."""
+    try:
+        image = utils.read_image(file_name, format=image_format)
+    except FileNotFoundError as e:
+        raise ClearCLIPError(f"image {file_name} does not exist") from e
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
+        raise ClearCLIPError(f"cannot read image {file_name}: {type(e).__name__}: {e}") from e
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ClearCLIPError(f"image {file_name} has shape {image.shape}, expected H x W x 3")
+    return image
+
+
+class ClearCLIPDatasetMapper:
+    """Map a Detectron2 dataset dict to the model's input.
+
+    Output dict: the input's fields plus ``image`` (uint8 tensor [3, h, w] in
+    ``image_format``, resized), ``height``/``width`` (the original size, where predictions are
+    made). Label maps are not loaded: the evaluator reads them from ``sem_seg_file_name`` at
+    full resolution.
+    """
+
+    @configurable
+    def __init__(self, *, augmentations: List[T.Augmentation], image_format: str):
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = False):
+        return {
+            "augmentations": [ResizeShortLongEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)],
+            "image_format": cfg.INPUT.FORMAT,
+        }
+
+    def __call__(self, dataset_dict: Dict) -> Dict:
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = read_image_or_fail(dataset_dict["file_name"], self.image_format)
+        height, width = image.shape[:2]
+        aug_input = T.AugInput(image)
+        self.augmentations(aug_input)
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
+        dataset_dict["height"], dataset_dict["width"] = height, width
+        return dataset_dict

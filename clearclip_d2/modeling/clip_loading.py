@@ -1,0 +1,245 @@
+"""Build an open_clip model from ``MODEL.CLEARCLIP.MODEL_NAME`` / ``PRETRAINED``.
+
+``MODEL_NAME`` is an open_clip architecture name (``ViT-B-16``) or the path of an open_clip
+model-config JSON file. ``PRETRAINED`` is an open_clip pretrained tag (``openai``), a local
+checkpoint file, or empty for random weights. Every checkpoint, downloaded or local, is read
+as tensors only (safetensors, or ``torch.load(weights_only=True)``) and must fit the
+architecture key by key and shape by shape.
+"""
+
+import json
+import logging
+import os
+import socket
+from typing import Callable, Dict, List, Optional, Tuple
+
+import open_clip
+import torch
+from open_clip.pretrained import download_pretrained, get_pretrained_cfg, list_pretrained_tags_by_model
+from torch import nn
+
+from ..utils.errors import ClearCLIPError
+
+logger = logging.getLogger(__name__)
+
+RANDOM_WEIGHTS = ("", "none", "random")
+CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+HF_HOST = "huggingface.co"
+
+
+def build_clip_model(
+    model_name: str,
+    pretrained: str,
+    force_quick_gelu: bool = False,
+    cache_dir: Optional[str] = None,
+) -> Tuple[nn.Module, Callable, str]:
+    """Create the open_clip model, load its weights, and return ``(model, tokenizer, arch)``.
+
+    The model is in eval mode, frozen, in fp32 on the CPU. ``arch`` is the resolved open_clip
+    architecture name.
+    """
+    arch = resolve_architecture(model_name)
+    checkpoint, quick_gelu = resolve_checkpoint(arch, pretrained, cache_dir)
+    with torch.random.fork_rng(devices=[]):
+        # Random weights are the same in every process and every run (seed 0).
+        torch.manual_seed(0)
+        model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=force_quick_gelu or quick_gelu)
+    if checkpoint is None:
+        logger.warning(f"CLIP model {arch} has RANDOM weights (seed 0; MODEL.CLEARCLIP.PRETRAINED is empty)")
+    else:
+        load_checkpoint_strictly(model, checkpoint)
+        logger.info(f"Loaded CLIP weights for {arch} from {checkpoint}")
+    model.eval().requires_grad_(False)
+    return model, open_clip.get_tokenizer(arch), arch
+
+
+def supported_architectures() -> List[str]:
+    """open_clip architectures whose image tower is a plain ViT this plugin can decompose."""
+    return [name for name in open_clip.list_models() if _is_plain_vit(open_clip.get_model_config(name) or {})]
+
+
+def _is_plain_vit(model_cfg: Dict) -> bool:
+    vision = model_cfg.get("vision_cfg", {})
+    return (
+        "timm_model_name" not in vision
+        and isinstance(vision.get("layers", 12), int)
+        and not vision.get("attentional_pool", False)
+        and not model_cfg.get("multimodal_cfg")
+    )
+
+
+def resolve_architecture(model_name: str) -> str:
+    """Return the open_clip architecture name for a name or a model-config JSON path."""
+    if model_name.endswith(".json") or os.path.sep in model_name:
+        return _register_json_config(model_name)
+    arch = model_name.replace("/", "-")
+    model_cfg = open_clip.get_model_config(arch)
+    if model_cfg is None:
+        raise ClearCLIPError(
+            f"unknown MODEL.CLEARCLIP.MODEL_NAME {model_name!r}; valid open_clip ViT names: "
+            f"{', '.join(supported_architectures())} (or the path of an open_clip model-config .json)"
+        )
+    if not _is_plain_vit(model_cfg):
+        raise ClearCLIPError(
+            f"MODEL.CLEARCLIP.MODEL_NAME {model_name!r} is not a plain open_clip ViT (timm, ResNet or "
+            f"attention-pooled towers cannot be decomposed); use one of: {', '.join(supported_architectures())}"
+        )
+    return arch
+
+
+def _register_json_config(path: str) -> str:
+    if not os.path.isfile(path):
+        raise ClearCLIPError(f"model-config file {path} (MODEL.CLEARCLIP.MODEL_NAME) does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            model_cfg = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ClearCLIPError(f"cannot read model-config JSON {path}: {e}") from e
+    if not isinstance(model_cfg, dict) or "vision_cfg" not in model_cfg or "text_cfg" not in model_cfg:
+        raise ClearCLIPError(f"model-config JSON {path} needs 'embed_dim', 'vision_cfg' and 'text_cfg' (open_clip format)")
+    if not _is_plain_vit(model_cfg):
+        raise ClearCLIPError(f"model-config JSON {path} does not describe a plain ViT image tower")
+    open_clip.add_model_config(path)
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def resolve_checkpoint(arch: str, pretrained: str, cache_dir: Optional[str]) -> Tuple[Optional[str], bool]:
+    """Turn ``PRETRAINED`` into a local file path (or None) and whether it needs QuickGELU.
+
+    A pretrained tag is looked up in open_clip's table and fetched into the cache (or found
+    there). Weights trained with QuickGELU (OpenAI's, MetaCLIP's) get QuickGELU, as open_clip's
+    table says, whatever the architecture's JSON says.
+    """
+    kind = check_pretrained(arch, pretrained)
+    if kind == "random":
+        return None, False
+    if kind == "file":
+        return pretrained, False
+    tag_cfg = get_pretrained_cfg(arch, pretrained)
+    return _download_tag(arch, pretrained, tag_cfg, cache_dir), bool(tag_cfg.get("quick_gelu", False))
+
+
+def check_pretrained(arch: str, pretrained: str) -> str:
+    """Classify ``PRETRAINED`` as "random", "file" or "tag" without downloading anything;
+    raise a clear error for a missing file or an unknown tag."""
+    if pretrained.strip().lower() in RANDOM_WEIGHTS:
+        return "random"
+    if os.path.isfile(pretrained):
+        return "file"
+    if pretrained.endswith(CHECKPOINT_SUFFIXES) or os.path.sep in pretrained:
+        raise ClearCLIPError(f"checkpoint file {pretrained} (MODEL.CLEARCLIP.PRETRAINED) does not exist")
+    if not get_pretrained_cfg(arch, pretrained):
+        tags = list_pretrained_tags_by_model(arch)
+        raise ClearCLIPError(
+            f"unknown MODEL.CLEARCLIP.PRETRAINED {pretrained!r} for {arch}: not a file and not one of its open_clip "
+            f"tags ({', '.join(tags) if tags else 'none'})"
+        )
+    return "tag"
+
+
+def _download_tag(arch: str, tag: str, tag_cfg: Dict, cache_dir: Optional[str]) -> str:
+    cached = _cached_tag_file(tag_cfg, cache_dir)
+    if cached:
+        return cached
+    source = tag_cfg.get("hf_hub") or tag_cfg.get("url", "")
+    fix = (
+        f"download the weights ({source}) on a machine with internet and set "
+        f"MODEL.CLEARCLIP.PRETRAINED /path/to/the/file"
+        + (" and MODEL.CLEARCLIP.FORCE_QUICK_GELU True" if tag_cfg.get("quick_gelu") else "")
+    )
+    if not _host_resolves(HF_HOST):
+        raise ClearCLIPError(f"cannot download CLIP weights {arch}/{tag}: no internet connection; {fix}")
+    try:
+        return download_pretrained(tag_cfg, cache_dir=cache_dir)
+    except Exception as e:  # network and hub errors come in many types
+        raise ClearCLIPError(f"cannot download CLIP weights {arch}/{tag} ({type(e).__name__}); {fix}") from e
+
+
+def _cached_tag_file(tag_cfg: Dict, cache_dir: Optional[str]) -> Optional[str]:
+    """The path of an already downloaded hub checkpoint, without touching the network."""
+    hub = tag_cfg.get("hf_hub", "")
+    if not hub:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    repo_id, filename = os.path.split(hub)
+    candidates = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    for name in candidates:
+        path = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir)
+        if isinstance(path, str) and os.path.isfile(path):
+            return path
+    return None
+
+
+def _host_resolves(host: str) -> bool:
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
+
+
+def read_state_dict_safely(path: str) -> Dict[str, torch.Tensor]:
+    """Read a checkpoint as a flat ``{name: tensor}`` dict without unpickling any code."""
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            checkpoint = load_file(path, device="cpu")
+        else:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            reason = "it holds pickled Python objects, not only tensors"
+        elif "constants.pkl" in str(e) or _is_torchscript_archive(path):
+            reason = "it is a TorchScript archive (OpenAI's original .pt); use the open_clip/Hugging Face weights"
+        raise ClearCLIPError(f"refusing checkpoint {path}: {reason}") from e
+    for key in ("state_dict", "model"):
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+    if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise ClearCLIPError(f"refusing checkpoint {path}: it is not a state dict of tensors")
+    if checkpoint and all(k.startswith("module.") for k in checkpoint):
+        checkpoint = {k[len("module."):]: v for k, v in checkpoint.items()}
+    return checkpoint
+
+
+def _is_torchscript_archive(path: str) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def load_checkpoint_strictly(model: nn.Module, path: str) -> None:
+    """Load ``path`` into ``model``; refuse it, naming the first mismatches, if it does not fit."""
+    state_dict = read_state_dict_safely(path)
+    expected = model.state_dict()
+    if "logit_bias" in expected and "logit_bias" not in state_dict:
+        state_dict["logit_bias"] = torch.zeros_like(expected["logit_bias"])
+    mismatches = checkpoint_mismatches(expected, state_dict)
+    if mismatches:
+        shown = "; ".join(mismatches[:5])
+        more = f" (and {len(mismatches) - 5} more)" if len(mismatches) > 5 else ""
+        raise ClearCLIPError(
+            f"checkpoint {path} does not fit the architecture: {shown}{more}; check MODEL.CLEARCLIP.MODEL_NAME"
+        )
+    model.load_state_dict(state_dict, strict=True)
+
+
+def checkpoint_mismatches(expected: Dict[str, torch.Tensor], given: Dict[str, torch.Tensor]) -> List[str]:
+    """Human-readable differences between a model's state dict and a checkpoint's."""
+    problems = [f"missing {k}" for k in expected if k not in given]
+    problems += [f"unexpected {k}" for k in given if k not in expected]
+    problems += [
+        f"{k} has shape {tuple(given[k].shape)}, expected {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in given and tuple(given[k].shape) != tuple(v.shape)
+    ]
+    return problems

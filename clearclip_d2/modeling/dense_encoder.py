@@ -1,0 +1,140 @@
+"""Dense patch features from an open_clip ViT whose last block is decomposed.
+
+The first L-1 blocks run unchanged (open_clip's own modules); the last block runs through
+:func:`decomposed_block_forward`; then ``ln_post`` and the visual projection are applied to
+every patch token and the class token is dropped.
+"""
+
+from typing import Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..constants import POS_EMBED_INTERP_OFFSET
+from ..utils.errors import ClearCLIPError
+from .decomposition import check_decomposable_block, decomposed_block_forward, get_attention_variant
+
+
+class DenseCLIPEncoder(nn.Module):
+    """Wraps ``open_clip``'s ``VisionTransformer`` to return per-patch embeddings.
+
+    Input: images [B, 3, H, W], normalised, H and W multiples of the patch size (other sizes
+    are truncated by the patch embedding, as in open_clip). Output: [B, H/p * W/p, D] in the
+    joint image-text space (not L2-normalised), patches in row-major order.
+    """
+
+    def __init__(self, visual: nn.Module, attention: str = "qq", residual: bool = False, ffn: bool = False):
+        super().__init__()
+        check_vision_tower(visual)
+        self.visual = visual
+        self.attention_name = attention
+        self.attention = get_attention_variant(attention)
+        self.residual = residual
+        self.ffn = ffn
+        self._pos_embed_cache: Dict[Tuple, torch.Tensor] = {}
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.visual.patch_size[0])
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.visual.output_dim)
+
+    def interpolated_pos_embed(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        """Positional embedding [1 + grid_h * grid_w, C] for a ``grid_h`` x ``grid_w`` patch grid.
+
+        As in the reference: when the token count equals the pretrained one the embedding is
+        used as is; otherwise the patch part is resampled bicubically with the scale factor
+        ``(grid + 0.1) / pretrained_grid`` (the offset shifts the sampling grid, so the scale
+        factor, not the output size, is passed to ``interpolate``). Cached per grid size.
+        """
+        pos = self.visual.positional_embedding
+        key = (grid_h, grid_w, pos.device, pos.dtype)
+        if key not in self._pos_embed_cache:
+            self._pos_embed_cache[key] = self._compute_pos_embed(grid_h, grid_w)
+        return self._pos_embed_cache[key]
+
+    def _compute_pos_embed(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        pos = self.visual.positional_embedding
+        if grid_h * grid_w + 1 == pos.shape[0]:
+            return pos
+        src_h, src_w = self.visual.grid_size
+        width = pos.shape[-1]
+        patch_pos = pos[1:].reshape(1, src_h, src_w, width).permute(0, 3, 1, 2)
+        patch_pos = F.interpolate(
+            patch_pos,
+            scale_factor=((grid_h + POS_EMBED_INTERP_OFFSET) / src_h, (grid_w + POS_EMBED_INTERP_OFFSET) / src_w),
+            mode="bicubic",
+        )
+        assert patch_pos.shape[-2:] == (grid_h, grid_w), (patch_pos.shape, grid_h, grid_w)
+        patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(grid_h * grid_w, width)
+        return torch.cat([pos[:1], patch_pos], dim=0)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._pos_embed_cache.clear()  # device or dtype may change
+        return super()._apply(fn, *args, **kwargs)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch embedding + class token + positional embedding + ``ln_pre``: [B, 1 + N, C]."""
+        visual = self.visual
+        x = visual.conv1(images)
+        batch, width, grid_h, grid_w = x.shape
+        x = x.reshape(batch, width, grid_h * grid_w).permute(0, 2, 1)
+        cls = visual.class_embedding.to(x.dtype).expand(batch, 1, width)
+        x = torch.cat([cls, x], dim=1)
+        x = x + self.interpolated_pos_embed(grid_h, grid_w).to(x.dtype)
+        return visual.ln_pre(x)
+
+    def forward_until_last_block(self, images: torch.Tensor) -> torch.Tensor:
+        """Tokens entering the last block, [B, 1 + N, C] (batch first)."""
+        x = self.embed(images)
+        blocks = self.visual.transformer.resblocks
+        batch_first = getattr(self.visual.transformer, "batch_first", False)
+        if not batch_first:
+            x = x.transpose(0, 1)
+        for block in blocks[:-1]:
+            x = block(x)
+        return x if batch_first else x.transpose(0, 1)
+
+    def project_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``ln_post`` and the visual projection on every patch token; drops the class token."""
+        x = self.visual.ln_post(tokens[:, 1:])
+        if self.visual.proj is not None:
+            x = x @ self.visual.proj
+        return x
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.forward_until_last_block(images)
+        last_block = self.visual.transformer.resblocks[-1]
+        x = decomposed_block_forward(last_block, x, self.attention, self.residual, self.ffn)
+        return self.project_tokens(x)
+
+    def grid_shape(self, height: int, width: int) -> Tuple[int, int]:
+        """Patch-grid size for an input of ``height`` x ``width`` pixels."""
+        return height // self.patch_size, width // self.patch_size
+
+
+def check_vision_tower(visual: nn.Module) -> None:
+    """Refuse image towers the decomposition cannot handle, with the reason."""
+    needed = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post")
+    if not all(hasattr(visual, name) for name in needed):
+        raise ClearCLIPError(
+            f"the image tower {type(visual).__name__} is not an open_clip VisionTransformer; choose a ViT MODEL_NAME"
+        )
+    if getattr(visual, "attn_pool", None) is not None:
+        raise ClearCLIPError("image towers with attention pooling are not supported; choose a ViT with a class token")
+    if getattr(visual, "final_ln_after_pool", False):
+        raise ClearCLIPError(
+            "image towers with final_ln_after_pool apply ln_post to the pooled token only; dense features "
+            "are undefined for them; choose another MODEL_NAME"
+        )
+    if getattr(visual, "pool_type", "tok") not in ("tok", "avg"):
+        raise ClearCLIPError(f"image towers with pool_type {visual.pool_type!r} are not supported (need 'tok' or 'avg')")
+    if visual.patch_size[0] != visual.patch_size[1]:
+        raise ClearCLIPError(f"non-square patches {visual.patch_size} are not supported")
+    src_h, src_w = visual.grid_size
+    if src_h * src_w + 1 != visual.positional_embedding.shape[0]:
+        raise ClearCLIPError("the positional embedding does not match the patch grid of the image tower")
+    check_decomposable_block(visual.transformer.resblocks[-1])

@@ -1,0 +1,172 @@
+#!/usr/bin/env python
+"""ClearCLIP evaluation (and head training on the ClearCLIP backbone) with Detectron2.
+
+ClearCLIP itself is training-free::
+
+    python tools/train_net.py --eval-only --config-file configs/clearclip_coco.yaml
+    python tools/train_net.py --eval-only --num-gpus 2 --config-file configs/clearclip_coco.yaml \
+        MODEL.CLEARCLIP.PRETRAINED /path/to/open_clip_pytorch_model.bin OUTPUT_DIR output/coco
+
+``--num-gpus N`` starts N processes (one per GPU; on a machine without CUDA, N CPU processes
+with the gloo backend). Metrics go to ``OUTPUT_DIR/metrics.json``.
+"""
+
+import logging
+import os
+import sys
+from collections import OrderedDict
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.data import build_detection_test_loader  # noqa: E402
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch  # noqa: E402
+from detectron2.evaluation import inference_on_dataset, print_csv_format  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+
+from clearclip_d2 import add_clearclip_config  # noqa: E402
+from clearclip_d2.config import check_clearclip_config  # noqa: E402
+from clearclip_d2.data import ClearCLIPDatasetMapper  # noqa: E402
+from clearclip_d2.data.datasets import check_dataset_prepared  # noqa: E402
+from clearclip_d2.evaluation import ClearCLIPSemSegEvaluator  # noqa: E402
+from clearclip_d2.utils import ClearCLIPError, atomic_write_json  # noqa: E402
+from clearclip_d2.utils.cli import EXIT_USER_ERROR, exit_on_user_error, resolve_device  # noqa: E402
+from clearclip_d2.utils.errors import is_user_error, user_message  # noqa: E402
+
+logger = logging.getLogger("clearclip_d2")
+SUMMARY_METRICS = ("mIoU", "fwIoU", "mACC", "pACC")
+
+
+class Trainer(DefaultTrainer):
+    """Detectron2's trainer with ClearCLIP's test-time data path and evaluator."""
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if output_folder is None:
+            output_folder = evaluation_output_dir(cfg, dataset_name)
+        return ClearCLIPSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=ClearCLIPDatasetMapper(cfg, False))
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Evaluate every dataset of ``DATASETS.TEST``, each with its own vocabulary."""
+        results = OrderedDict()
+        for index, dataset_name in enumerate(cfg.DATASETS.TEST):
+            if hasattr(model, "use_dataset_vocabulary"):
+                model.use_dataset_vocabulary(dataset_name)
+            evaluator = evaluators[index] if evaluators else cls.build_evaluator(cfg, dataset_name)
+            results[dataset_name] = inference_on_dataset(model, cls.build_test_loader(cfg, dataset_name), evaluator)
+            if comm.is_main_process():
+                logger.info(f"Evaluation results for {dataset_name}:")
+                print_csv_format(results[dataset_name])
+                print_results_table(dataset_name, results[dataset_name])
+        return results
+
+
+def evaluation_output_dir(cfg, dataset_name):
+    """``OUTPUT_DIR`` for one test dataset, ``OUTPUT_DIR/<dataset>`` when there are several."""
+    if len(cfg.DATASETS.TEST) > 1:
+        return os.path.join(cfg.OUTPUT_DIR, dataset_name)
+    return cfg.OUTPUT_DIR
+
+
+def print_results_table(dataset_name, results):
+    metrics = results.get("sem_seg", {})
+    summary = [[name, f"{metrics[name]:.2f}"] for name in SUMMARY_METRICS if name in metrics]
+    per_class = [
+        [key[len("IoU-"):], f"{value:.2f}", f"{metrics.get('ACC-' + key[len('IoU-'):], float('nan')):.2f}"]
+        for key, value in metrics.items()
+        if key.startswith("IoU-")
+    ]
+    print(f"\n{dataset_name}\n" + tabulate(summary, headers=["metric", "value"], tablefmt="pipe"), flush=True)
+    print(tabulate(per_class, headers=["class", "IoU", "ACC"], tablefmt="pipe") + "\n", flush=True)
+
+
+def build_config(args):
+    """Config from the file and the command-line overrides, checked before any process starts."""
+    cfg = get_cfg()
+    add_clearclip_config(cfg)
+    try:
+        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(args.opts)
+    except FileNotFoundError as e:
+        raise ClearCLIPError(f"config file {args.config_file} does not exist") from e
+    except (KeyError, ValueError, AssertionError, TypeError) as e:
+        raise ClearCLIPError(f"bad config ({args.config_file} or overrides): {e}") from e
+    resolve_device(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def check_config(cfg, args):
+    if cfg.MODEL.META_ARCHITECTURE == "ClearCLIPSegmentor":
+        check_clearclip_config(cfg)
+        if not args.eval_only:
+            raise ClearCLIPError(
+                "ClearCLIP is training-free: there is nothing to train; run with --eval-only to evaluate"
+            )
+    if args.eval_only:
+        if not cfg.DATASETS.TEST:
+            raise ClearCLIPError("DATASETS.TEST is empty: name the datasets to evaluate")
+        for dataset_name in cfg.DATASETS.TEST:
+            check_dataset_prepared(dataset_name)
+
+
+def main(args):
+    cfg = build_config(args)
+    default_setup(cfg, args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        if cfg.MODEL.WEIGHTS:
+            DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            path = os.path.join(cfg.OUTPUT_DIR, "metrics.json")
+            atomic_write_json(path, results)
+            logger.info(f"Wrote {path}")
+        return results
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def worker_main(args):
+    """``main`` in a process started by ``launch``: user errors become one line and exit 2."""
+    try:
+        return main(args)
+    except Exception as exc:
+        if not is_user_error(exc):
+            raise
+        print(f"train_net.py: error (rank {comm.get_rank()}): {user_message(exc)}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def run(args):
+    check_config(build_config(args), args)
+    world_size = args.num_gpus * args.num_machines
+    try:
+        launch(
+            worker_main if world_size > 1 else main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except Exception as exc:  # a worker failed: its own message was printed already
+        if type(exc).__name__ in ("ProcessExitedException", "ProcessRaisedException") and not is_user_error(exc):
+            if getattr(exc, "exit_code", None) == EXIT_USER_ERROR:
+                sys.exit(EXIT_USER_ERROR)
+        raise
+
+
+if __name__ == "__main__":
+    arguments = default_argument_parser().parse_args()
+    print("Command Line Args:", arguments)
+    with exit_on_user_error("train_net.py"):
+        run(arguments)
