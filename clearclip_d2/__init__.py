@@ -4,7 +4,7 @@
 datasets; :func:`add_clearclip_config` adds the ``MODEL.CLEARCLIP`` keys.
 """
 
-from . import data, evaluation, modeling  # noqa: F401  (registration on import)
+from . import data, engine, evaluation, modeling  # noqa: F401  (registration on import)
 from .config import add_clearclip_config
 from .utils.errors import ClearCLIPError
 

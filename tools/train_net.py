@@ -14,7 +14,10 @@ with the gloo backend). Metrics go to ``OUTPUT_DIR/metrics.json``.
 import logging
 import os
 import sys
+import warnings
 from collections import OrderedDict
+
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -1,0 +1,96 @@
+"""``ClearCLIPPredictor``: Detectron2's ``DefaultPredictor`` for ClearCLIP.
+
+Example::
+
+    from detectron2.config import get_cfg
+    import clearclip_d2
+    from clearclip_d2.engine import ClearCLIPPredictor
+
+    cfg = get_cfg()
+    clearclip_d2.add_clearclip_config(cfg)
+    cfg.merge_from_file("configs/clearclip_coco.yaml")
+    predictor = ClearCLIPPredictor(cfg)
+    predictor.set_vocabulary(["cat, kitten", "grass, lawn", "sky"])
+    probs = predictor(image_rgb)          # Tensor[3, H, W]
+    labels = probs.argmax(0)              # index into predictor.class_names
+"""
+
+from typing import List
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
+
+from ..data.transforms import ResizeShortLongEdge
+from ..data.vocabulary import Vocabulary
+from ..utils.errors import ClearCLIPError
+
+
+class ClearCLIPPredictor:
+    """Build the model of ``cfg`` once; predict per-class probabilities for single images.
+
+    * the model is built with ``detectron2.modeling.build_model`` (meta-architecture
+      ``ClearCLIPSegmentor``, registered by ``import clearclip_d2``) and put in eval mode;
+      ``MODEL.WEIGHTS`` is loaded if set (CLIP weights come from ``MODEL.CLEARCLIP.PRETRAINED``);
+    * images are resized as at test time (:class:`~clearclip_d2.data.ResizeShortLongEdge` with
+      ``INPUT.MIN_SIZE_TEST`` / ``INPUT.MAX_SIZE_TEST``) and predicted at their original size;
+    * the vocabulary can be changed at any time with :meth:`set_vocabulary`, without rebuilding
+      the image encoder.
+    """
+
+    def __init__(self, cfg):
+        import clearclip_d2  # noqa: F401  (registers ClearCLIPSegmentor)
+
+        self.cfg = cfg.clone()  # the model may modify its cfg
+        self.model = build_model(self.cfg)
+        self.model.eval()
+        if self.cfg.MODEL.WEIGHTS:
+            DetectionCheckpointer(self.model).load(self.cfg.MODEL.WEIGHTS)
+        self.aug = ResizeShortLongEdge(self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST)
+        self.input_format = self.cfg.INPUT.FORMAT
+        if self.input_format not in ("RGB", "BGR"):
+            raise ClearCLIPError(f"INPUT.FORMAT {self.input_format!r} is not supported; use RGB or BGR")
+
+    # ----------------------------------------------------------------- vocabulary
+    def set_vocabulary(self, vocabulary) -> None:
+        """Segment these classes from now on: a :class:`~clearclip_d2.data.Vocabulary` or entries
+        such as ``["cat, kitten", "grass"]`` (commas separate the synonyms of one class)."""
+        if isinstance(vocabulary, str):
+            raise ClearCLIPError("set_vocabulary() takes a list of class entries, not one string")
+        self.model.set_vocabulary(vocabulary)
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        return self.model.vocabulary
+
+    @property
+    def class_names(self) -> List[str]:
+        """Display name of each output channel (the first synonym of each class)."""
+        if self.model.vocabulary is None:
+            return []
+        return self.model.vocabulary.class_names
+
+    # ----------------------------------------------------------------- inference
+    def __call__(self, original_image: np.ndarray) -> torch.Tensor:
+        """
+        Args:
+            original_image: H x W x 3 uint8 array in ``cfg.INPUT.FORMAT`` channel order.
+        Returns:
+            Tensor[K, H, W] float32 per-class probabilities (K = vocabulary size) at the input's
+            size, on ``cfg.MODEL.DEVICE``; ``argmax(0)`` is the predicted class map.
+        """
+        image = np.asarray(original_image)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ClearCLIPError(f"expected an H x W x 3 image, got shape {image.shape}")
+        if image.dtype != np.uint8:
+            raise ClearCLIPError(f"expected a uint8 image, got dtype {image.dtype}")
+        height, width = image.shape[:2]
+        resized = self.aug.get_transform(image).apply_image(image)
+        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+        with torch.no_grad():
+            return self.model([{"image": tensor, "height": height, "width": width}])[0]["sem_seg"]
+
+    def predict_labels(self, original_image: np.ndarray) -> torch.Tensor:
+        """Tensor[H, W] int64 class indices (argmax of :meth:`__call__`), on the CPU."""
+        return self(original_image).argmax(dim=0).cpu()

@@ -1,0 +1,72 @@
+"""clearclip_d2: ClearCLIP (ECCV 2024) training-free open-vocabulary semantic segmentation
+as a Detectron2 plugin, on top of open_clip.
+
+PyTorch and Detectron2 are not listed in ``install_requires``: install the builds that fit
+your machine first (``make install`` does it, see tools/install_env.sh).
+"""
+
+import os
+import re
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def read_version() -> str:
+    with open(os.path.join(HERE, "clearclip_d2", "__init__.py"), encoding="utf-8") as f:
+        match = re.search(r'^__version__\s*=\s*"([^"]+)"', f.read(), re.M)
+    if not match:
+        raise RuntimeError("__version__ not found in clearclip_d2/__init__.py")
+    return match.group(1)
+
+
+def read_readme() -> str:
+    path = os.path.join(HERE, "README.md")
+    if not os.path.isfile(path):
+        return __doc__
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+setup(
+    name="clearclip_d2",
+    version=read_version(),
+    description="ClearCLIP training-free open-vocabulary semantic segmentation as a Detectron2 plugin",
+    long_description=read_readme(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["clearclip_d2", "clearclip_d2.*"]),
+    package_data={"clearclip_d2": ["resources/*.txt", "resources/class_names/*.txt"]},
+    include_package_data=False,
+    zip_safe=False,
+    # torch, torchvision and detectron2 come from the user (see the module docstring).
+    install_requires=[
+        "open_clip_torch>=2.24",
+        "numpy>=1.21,<2",
+        "opencv-python-headless>=4.5,<4.11",
+        "Pillow>=9.1",
+        "fvcore>=0.1.5",
+        "iopath>=0.1.7",
+        "safetensors>=0.4",
+        "tqdm>4.29",
+        "tabulate",
+        "termcolor>=1.1",
+        "yacs>=0.1.8",
+        "matplotlib",
+        "pycocotools>=2.0.2",
+        "cloudpickle",
+        "omegaconf>=2.1,<2.4",
+        "hydra-core>=1.1",
+        "packaging",
+    ],
+    extras_require={
+        "demo": ["scikit-image>=0.19"],
+        "test": ["pytest>=7", "scikit-image>=0.19", "scipy"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Topic :: Scientific/Engineering :: Image Recognition",
+    ],
+)

@@ -1,0 +1,154 @@
+"""End to end: ``tools/train_net.py --eval-only`` on a synthetic COCO-Stuff in the real layout."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import reference_clearclip as ref
+from conftest import FEW_TEMPLATES, REPO_ROOT
+from test_modeling_exactness import smooth_image
+
+TRAIN_NET = os.path.join(REPO_ROOT, "tools", "train_net.py")
+CONFIG = os.path.join(REPO_ROOT, "configs", "clearclip_coco.yaml")
+SIZES = [(480, 640), (375, 500), (427, 640), (500, 333)]
+NUM_CLASSES = 171
+
+
+@pytest.fixture(scope="module")
+def coco_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("d2datasets")
+    images, labels = root / "coco" / "val2017", root / "coco" / "stuffthingmaps_detectron2" / "val2017"
+    images.mkdir(parents=True)
+    labels.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for index, (height, width) in enumerate(SIZES):
+        Image.fromarray(smooth_image(height, width, seed=index)).save(images / f"{index:012d}.jpg", quality=95)
+        label = np.kron(rng.integers(0, 12, (height // 50 + 1, width // 50 + 1)), np.ones((50, 50), dtype=np.int64))
+        label = label[:height, :width].astype(np.uint8)
+        label[:7] = 255
+        Image.fromarray(label).save(labels / f"{index:012d}.png")
+    return root
+
+
+def run_train_net(root, output_dir, *extra, num_gpus=1, model_files=None, check=True):
+    model_json, checkpoint = model_files
+    env = dict(os.environ, DETECTRON2_DATASETS=str(root), PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, TRAIN_NET, "--eval-only", "--num-gpus", str(num_gpus), "--config-file", CONFIG,
+           "MODEL.CLEARCLIP.MODEL_NAME", model_json, "MODEL.CLEARCLIP.PRETRAINED", checkpoint,
+           "MODEL.CLEARCLIP.PROMPT_TEMPLATES", repr(FEW_TEMPLATES), "OUTPUT_DIR", str(output_dir),
+           "DATALOADER.NUM_WORKERS", "1", *extra]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def independent_miou(root, tiny_clip):
+    """mIoU over classes present in the ground truth, from the reference pipeline's predictions."""
+    from clearclip_d2.constants import class_names_file
+
+    model, tokenizer = tiny_clip
+    with open(class_names_file("coco_stuff")) as f:
+        queries = f.read().splitlines()
+    text = ref.text_features(model, tokenizer, queries, FEW_TEMPLATES)
+    conf = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    for index in range(len(SIZES)):
+        image = np.array(Image.open(root / "coco" / "val2017" / f"{index:012d}.jpg").convert("RGB"))
+        label = np.array(Image.open(root / "coco" / "stuffthingmaps_detectron2" / "val2017" / f"{index:012d}.png"))
+        _, pred = ref.segment(model, text, list(range(NUM_CLASSES)), image)
+        valid = label != 255
+        np.add.at(conf, (label[valid].astype(int), pred.numpy()[valid]), 1)
+    present = conf.sum(1) > 0
+    iou = np.diag(conf) / (conf.sum(0) + conf.sum(1) - np.diag(conf)).clip(min=1)
+    return 100 * iou[present].mean(), 100 * np.diag(conf).sum() / conf.sum()
+
+
+def test_eval_one_and_two_processes_match_independent_metrics(coco_root, tmp_path, tiny_model_files, tiny_clip):
+    one = run_train_net(coco_root, tmp_path / "one", model_files=tiny_model_files)
+    assert "| mIoU" in one.stdout and "coco_2017_val_stuff_sem_seg" in one.stdout
+    metrics_one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    results = metrics_one["coco_2017_val_stuff_sem_seg"]["sem_seg"]
+    assert {"mIoU", "fwIoU", "mACC", "pACC", "IoU-person", "IoU-wood"} <= set(results)
+    assert (tmp_path / "one" / "sem_seg_predictions.json").exists()
+    assert not [name for name in os.listdir(tmp_path / "one") if name.startswith(".")]
+
+    miou, pacc = independent_miou(coco_root, tiny_clip)
+    assert results["mIoU"] == pytest.approx(miou, abs=0.05)
+    assert results["pACC"] == pytest.approx(pacc, abs=0.05)
+    assert results["pACC"] > 0
+
+    run_train_net(coco_root, tmp_path / "two", num_gpus=2, model_files=tiny_model_files)
+    metrics_two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics_two == metrics_one
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    error_lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert error_lines, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in error_lines[-1], error_lines[-1]
+
+
+@pytest.mark.parametrize(
+    "overrides, fragments",
+    [
+        (["MODEL.CLEARCLIP.MODEL_NAME", "ViT-Q-99"], ["ViT-Q-99", "ViT-B-16"]),
+        (["MODEL.CLEARCLIP.ATTENTION", "xy"], ["ATTENTION", "'xy'", "qq"]),
+        (["MODEL.CLEARCLIP.PRETRAINED", "/nonexistent/weights.pt"], ["/nonexistent/weights.pt", "does not exist"]),
+        (["MODEL.CLEARCLIP.NO_SUCH_KEY", "1"], ["NO_SUCH_KEY"]),
+        (["DATASETS.TEST", "('no_such_dataset',)"], ["no_such_dataset", "not registered"]),
+    ],
+)
+def test_bad_config_values_give_one_line(coco_root, tmp_path, tiny_model_files, overrides, fragments):
+    model_json, checkpoint = tiny_model_files
+    files = (model_json, checkpoint)
+    result = run_train_net(coco_root, tmp_path / "out", *overrides, model_files=files, check=False)
+    assert_one_line_error(result, *fragments)
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_bad_class_names_file(coco_root, tmp_path, tiny_model_files):
+    names = tmp_path / "names.txt"
+    names.write_text("cat\n\ndog\n")
+    result = run_train_net(coco_root, tmp_path / "out", "MODEL.CLEARCLIP.CLASS_NAMES_FILE", str(names),
+                           model_files=tiny_model_files, check=False)
+    assert_one_line_error(result, str(names), "blank line")
+
+
+def test_missing_dataset_folder_names_path_and_script(tmp_path, tiny_model_files):
+    result = run_train_net(tmp_path / "empty", tmp_path / "out", model_files=tiny_model_files, check=False)
+    assert_one_line_error(result, os.path.join("coco", "val2017"), "prepare_coco_stuff.py")
+
+
+def test_training_is_refused(coco_root, tmp_path, tiny_model_files):
+    model_json, checkpoint = tiny_model_files
+    env = dict(os.environ, DETECTRON2_DATASETS=str(coco_root))
+    result = subprocess.run(
+        [sys.executable, TRAIN_NET, "--config-file", CONFIG, "MODEL.CLEARCLIP.MODEL_NAME", model_json,
+         "MODEL.CLEARCLIP.PRETRAINED", checkpoint, "OUTPUT_DIR", str(tmp_path / "out")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert_one_line_error(result, "training-free", "--eval-only")
+
+
+@pytest.mark.parametrize("num_gpus", [1, 2])
+def test_unreadable_image_is_named(tmp_path, tiny_model_files, num_gpus):
+    root = tmp_path / "data"
+    images, labels = root / "coco" / "val2017", root / "coco" / "stuffthingmaps_detectron2" / "val2017"
+    images.mkdir(parents=True)
+    labels.mkdir(parents=True)
+    for index in range(2):
+        Image.fromarray(np.zeros((40, 50), dtype=np.uint8)).save(labels / f"{index}.png")
+    Image.fromarray(np.zeros((40, 50, 3), dtype=np.uint8)).save(images / "0.jpg")
+    (images / "1.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    result = run_train_net(root, tmp_path / "out", num_gpus=num_gpus, model_files=tiny_model_files, check=False)
+    assert_one_line_error(result, "1.jpg")
+    assert not (tmp_path / "out" / "metrics.json").exists()
