@@ -19,11 +19,14 @@ def add_clearclip_config(cfg: CN) -> None:
     # Where open_clip caches downloaded weights ("" = the Hugging Face default cache).
     cfg.MODEL.CLEARCLIP.WEIGHTS_CACHE_DIR = ""
     # The paper's three switches, applied to the last vision block only:
-    # attention variant ("qq" = ClearCLIP self-self attention, "qk" = plain CLIP),
+    # attention variant ("qq" = ClearCLIP, "qk" = plain CLIP, "kk", "vv", "qq+kk" = SCLIP,
+    # "identity" = MaskCLIP, "naclip" = NACLIP; see modeling/decomposition.py),
     # keep the attention residual connection, keep the feed-forward network.
     cfg.MODEL.CLEARCLIP.ATTENTION = "qq"
     cfg.MODEL.CLEARCLIP.RESIDUAL = False
     cfg.MODEL.CLEARCLIP.FFN = False
+    # Standard deviation (in patches) of NACLIP's Gaussian neighbourhood prior (ATTENTION "naclip" only).
+    cfg.MODEL.CLEARCLIP.NACLIP_GAUSSIAN_STD = constants.NACLIP_GAUSSIAN_STD
     # Cosine similarities are multiplied by this before the softmax over queries.
     cfg.MODEL.CLEARCLIP.LOGIT_SCALE = constants.LOGIT_SCALE
     # Pixels whose highest class probability is below this are predicted as class 0 (background).
@@ -62,7 +65,7 @@ def check_clearclip_config(cfg: CN) -> None:
     from .utils.errors import ClearCLIPError
 
     cc = cfg.MODEL.CLEARCLIP
-    get_attention_variant(cc.ATTENTION)
+    get_attention_variant(cc.ATTENTION, cc.NACLIP_GAUSSIAN_STD)
     check_pretrained(resolve_architecture(cc.MODEL_NAME), cc.PRETRAINED)
     check_templates(cc.PROMPT_TEMPLATES)
     if cc.CLASS_NAMES_FILE:
