@@ -1,5 +1,7 @@
 """Config keys of ClearCLIP (``MODEL.CLEARCLIP.*``) and the reference's input defaults."""
 
+from typing import Sequence
+
 from detectron2.config import CfgNode as CN
 
 from . import constants
@@ -51,6 +53,33 @@ def add_clearclip_config(cfg: CN) -> None:
     cfg.MODEL.PIXEL_STD = list(constants.CLIP_PIXEL_STD)
     cfg.INPUT.MIN_SIZE_TEST = constants.RESIZE_SHORT_EDGE
     cfg.INPUT.MAX_SIZE_TEST = constants.RESIZE_MAX_LONG_EDGE
+
+
+def load_clearclip_config(config_file: str, opts: Sequence[str] = ()) -> CN:
+    """Detectron2's default config with the ClearCLIP keys, merged from ``config_file`` and the
+    ``KEY VALUE`` overrides ``opts`` (not frozen, not checked: see :func:`check_clearclip_config`).
+
+    A missing file, an unknown key or a bad value raises :class:`ClearCLIPError` in one line.
+    """
+    from detectron2.config import get_cfg
+
+    from .utils.errors import ClearCLIPError
+
+    cfg = get_cfg()
+    add_clearclip_config(cfg)
+    try:
+        cfg.merge_from_file(config_file)
+    except FileNotFoundError as e:
+        raise ClearCLIPError(f"config file {config_file} does not exist") from e
+    except (KeyError, ValueError, AssertionError, TypeError) as e:
+        raise ClearCLIPError(f"bad config file {config_file}: {e}") from e
+    if len(opts) % 2:
+        raise ClearCLIPError(f"--opts needs KEY VALUE pairs, got an odd number of items: {' '.join(opts)}")
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, AssertionError, TypeError) as e:
+        raise ClearCLIPError(f"bad --opts override: {e}") from e
+    return cfg
 
 
 def check_clearclip_config(cfg: CN) -> None:
