@@ -1,5 +1,7 @@
 """Config keys of ClearCLIP (``MODEL.CLEARCLIP.*``) and the reference's input defaults."""
 
+from typing import Sequence
+
 from detectron2.config import CfgNode as CN
 
 from . import constants
@@ -19,11 +21,14 @@ def add_clearclip_config(cfg: CN) -> None:
     # Where open_clip caches downloaded weights ("" = the Hugging Face default cache).
     cfg.MODEL.CLEARCLIP.WEIGHTS_CACHE_DIR = ""
     # The paper's three switches, applied to the last vision block only:
-    # attention variant ("qq" = ClearCLIP self-self attention, "qk" = plain CLIP),
+    # attention variant ("qq" = ClearCLIP, "qk" = plain CLIP, "kk", "vv", "qq+kk" = SCLIP,
+    # "identity" = MaskCLIP, "naclip" = NACLIP; see modeling/decomposition.py),
     # keep the attention residual connection, keep the feed-forward network.
     cfg.MODEL.CLEARCLIP.ATTENTION = "qq"
     cfg.MODEL.CLEARCLIP.RESIDUAL = False
     cfg.MODEL.CLEARCLIP.FFN = False
+    # Standard deviation (in patches) of NACLIP's Gaussian neighbourhood prior (ATTENTION "naclip" only).
+    cfg.MODEL.CLEARCLIP.NACLIP_GAUSSIAN_STD = constants.NACLIP_GAUSSIAN_STD
     # Cosine similarities are multiplied by this before the softmax over queries.
     cfg.MODEL.CLEARCLIP.LOGIT_SCALE = constants.LOGIT_SCALE
     # Pixels whose highest class probability is below this are predicted as class 0 (background).
@@ -50,6 +55,33 @@ def add_clearclip_config(cfg: CN) -> None:
     cfg.INPUT.MAX_SIZE_TEST = constants.RESIZE_MAX_LONG_EDGE
 
 
+def load_clearclip_config(config_file: str, opts: Sequence[str] = ()) -> CN:
+    """Detectron2's default config with the ClearCLIP keys, merged from ``config_file`` and the
+    ``KEY VALUE`` overrides ``opts`` (not frozen, not checked: see :func:`check_clearclip_config`).
+
+    A missing file, an unknown key or a bad value raises :class:`ClearCLIPError` in one line.
+    """
+    from detectron2.config import get_cfg
+
+    from .utils.errors import ClearCLIPError
+
+    cfg = get_cfg()
+    add_clearclip_config(cfg)
+    try:
+        cfg.merge_from_file(config_file)
+    except FileNotFoundError as e:
+        raise ClearCLIPError(f"config file {config_file} does not exist") from e
+    except (KeyError, ValueError, AssertionError, TypeError) as e:
+        raise ClearCLIPError(f"bad config file {config_file}: {e}") from e
+    if len(opts) % 2:
+        raise ClearCLIPError(f"--opts needs KEY VALUE pairs, got an odd number of items: {' '.join(opts)}")
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, AssertionError, TypeError) as e:
+        raise ClearCLIPError(f"bad --opts override: {e}") from e
+    return cfg
+
+
 def check_clearclip_config(cfg: CN) -> None:
     """Validate the ClearCLIP keys without building the model (no weights are read).
 
@@ -62,7 +94,7 @@ def check_clearclip_config(cfg: CN) -> None:
     from .utils.errors import ClearCLIPError
 
     cc = cfg.MODEL.CLEARCLIP
-    get_attention_variant(cc.ATTENTION)
+    get_attention_variant(cc.ATTENTION, cc.NACLIP_GAUSSIAN_STD)
     check_pretrained(resolve_architecture(cc.MODEL_NAME), cc.PRETRAINED)
     check_templates(cc.PROMPT_TEMPLATES)
     if cc.CLASS_NAMES_FILE:

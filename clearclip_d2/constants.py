@@ -24,6 +24,10 @@ RESIZE_MAX_LONG_EDGE = 2048
 # interpolation (the DINO-style trick the reference uses; it changes the sampling grid).
 POS_EMBED_INTERP_OFFSET = 0.1
 
+# NACLIP (Hajimiri et al., WACV 2025): standard deviation, in patches, of the Gaussian
+# neighbourhood prior added to the k-k attention logits (``gaussian_std=5`` in the authors' code).
+NACLIP_GAUSSIAN_STD = 5.0
+
 PROMPT_TEMPLATES_FILE = os.path.join(RESOURCE_DIR, "prompt_templates_openai_imagenet.txt")
 
 

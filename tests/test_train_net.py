@@ -12,28 +12,16 @@ from PIL import Image
 
 import reference_clearclip as ref
 from conftest import FEW_TEMPLATES, REPO_ROOT
-from test_modeling_exactness import smooth_image
+from synthetic_coco import reference_metrics, write_coco_stuff_layout
 
 TRAIN_NET = os.path.join(REPO_ROOT, "tools", "train_net.py")
 CONFIG = os.path.join(REPO_ROOT, "configs", "clearclip_coco.yaml")
 SIZES = [(480, 640), (375, 500), (427, 640), (500, 333)]
-NUM_CLASSES = 171
 
 
 @pytest.fixture(scope="module")
 def coco_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("d2datasets")
-    images, labels = root / "coco" / "val2017", root / "coco" / "stuffthingmaps_detectron2" / "val2017"
-    images.mkdir(parents=True)
-    labels.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for index, (height, width) in enumerate(SIZES):
-        Image.fromarray(smooth_image(height, width, seed=index)).save(images / f"{index:012d}.jpg", quality=95)
-        label = np.kron(rng.integers(0, 12, (height // 50 + 1, width // 50 + 1)), np.ones((50, 50), dtype=np.int64))
-        label = label[:height, :width].astype(np.uint8)
-        label[:7] = 255
-        Image.fromarray(label).save(labels / f"{index:012d}.png")
-    return root
+    return write_coco_stuff_layout(tmp_path_factory.mktemp("d2datasets"), SIZES, num_labels=12, block=50)
 
 
 def run_train_net(root, output_dir, *extra, num_gpus=1, model_files=None, check=True):
@@ -57,16 +45,7 @@ def independent_miou(root, tiny_clip):
     with open(class_names_file("coco_stuff")) as f:
         queries = f.read().splitlines()
     text = ref.text_features(model, tokenizer, queries, FEW_TEMPLATES)
-    conf = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
-    for index in range(len(SIZES)):
-        image = np.array(Image.open(root / "coco" / "val2017" / f"{index:012d}.jpg").convert("RGB"))
-        label = np.array(Image.open(root / "coco" / "stuffthingmaps_detectron2" / "val2017" / f"{index:012d}.png"))
-        _, pred = ref.segment(model, text, list(range(NUM_CLASSES)), image)
-        valid = label != 255
-        np.add.at(conf, (label[valid].astype(int), pred.numpy()[valid]), 1)
-    present = conf.sum(1) > 0
-    iou = np.diag(conf) / (conf.sum(0) + conf.sum(1) - np.diag(conf)).clip(min=1)
-    return 100 * iou[present].mean(), 100 * np.diag(conf).sum() / conf.sum()
+    return reference_metrics(root, len(SIZES), model, text)
 
 
 def test_eval_one_and_two_processes_match_independent_metrics(coco_root, tmp_path, tiny_model_files, tiny_clip):

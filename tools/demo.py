@@ -18,7 +18,6 @@ Errors the user can fix are printed as one line and the exit status is 2.
 """
 
 import argparse
-import glob
 import logging
 import os
 import sys
@@ -32,12 +31,11 @@ warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from clearclip_d2 import add_clearclip_config  # noqa: E402
-from clearclip_d2.config import check_clearclip_config  # noqa: E402
+from clearclip_d2.config import check_clearclip_config, load_clearclip_config  # noqa: E402
 from clearclip_d2.data import Vocabulary, load_vocabulary_file, read_image_or_fail, vocabulary_from_names  # noqa: E402
+from clearclip_d2.data.image_files import expand_inputs  # noqa: E402
 from clearclip_d2.utils import ClearCLIPError, atomic_write  # noqa: E402
 from clearclip_d2.utils.cli import exit_on_user_error, resolve_device  # noqa: E402
 
@@ -50,7 +48,6 @@ DEFAULT_VOCABULARY = (
     "person, astronaut; flag; cat, kitten; cup, mug; saucer, plate; spoon; table; "
     "rocket; smoke; sky; tree; grass; building, tower; wall; floor, carpet"
 )
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 OVERLAY_ALPHA = 0.6
 
 logger = logging.getLogger("clearclip_d2.demo")
@@ -102,20 +99,7 @@ def get_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- config
 def setup_cfg(args):
     """Config from the file, the overrides and the flags; the device falls back to the CPU."""
-    cfg = get_cfg()
-    add_clearclip_config(cfg)
-    try:
-        cfg.merge_from_file(args.config_file)
-    except FileNotFoundError as e:
-        raise ClearCLIPError(f"config file {args.config_file} does not exist") from e
-    except (KeyError, ValueError, AssertionError, TypeError) as e:
-        raise ClearCLIPError(f"bad config file {args.config_file}: {e}") from e
-    if len(args.opts) % 2:
-        raise ClearCLIPError(f"--opts needs KEY VALUE pairs, got an odd number of items: {' '.join(args.opts)}")
-    try:
-        cfg.merge_from_list(args.opts)
-    except (KeyError, ValueError, AssertionError, TypeError) as e:
-        raise ClearCLIPError(f"bad --opts override: {e}") from e
+    cfg = load_clearclip_config(args.config_file, args.opts)
     if args.prob_threshold is not None:
         cfg.MODEL.CLEARCLIP.PROB_THRESHOLD = float(args.prob_threshold)
     resolve_device(cfg)
@@ -144,34 +128,6 @@ def choose_vocabulary(args, cfg) -> Optional[Vocabulary]:
 
 
 # ----------------------------------------------------------------------------- inputs
-def _is_image(path: str) -> bool:
-    return os.path.isfile(path) and path.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def expand_inputs(patterns: Sequence[str]) -> List[str]:
-    """Image paths from files, globs and folders (folders: their images, sorted; not recursive)."""
-    paths: List[str] = []
-    for pattern in patterns:
-        if os.path.isdir(pattern):
-            found = sorted(os.path.join(pattern, name) for name in os.listdir(pattern))
-            found = [path for path in found if _is_image(path)]
-            if not found:
-                raise ClearCLIPError(f"input folder {pattern} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-        elif os.path.isfile(pattern):
-            found = [pattern]
-        elif glob.has_magic(pattern):
-            found = [path for path in sorted(glob.glob(os.path.expanduser(pattern), recursive=True)) if _is_image(path)]
-            if not found:
-                raise ClearCLIPError(f"input pattern {pattern!r} matches no images")
-        else:
-            raise ClearCLIPError(f"input {pattern} does not exist")
-        paths.extend(found)
-    unique = list(dict.fromkeys(os.path.normpath(path) for path in paths))
-    if not unique:
-        raise ClearCLIPError("no input images")
-    return unique
-
-
 def write_sample_images(folder: str) -> List[str]:
     """Save scikit-image's bundled sample photos as PNGs in ``folder``; return their paths."""
     try:

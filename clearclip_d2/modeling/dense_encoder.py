@@ -3,9 +3,16 @@
 The first L-1 blocks run unchanged (open_clip's own modules); the last block runs through
 :func:`decomposed_block_forward`; then ``ln_post`` and the visual projection are applied to
 every patch token and the class token is dropped.
+
+Towers with ``final_ln_after_pool`` (e.g. the CLIPA models) apply ``ln_post`` to the pooled
+embedding instead of to the tokens. The dense feature of a patch is taken to be the pooled
+embedding of that patch alone, ``ln_post(x_i) @ proj`` (pooling one token is the identity;
+for class-token pooling ``ln_post`` of the pooled token equals the pooled ``ln_post`` of the
+tokens, since LayerNorm acts per token), so ``ln_post`` is applied to every patch token in
+all towers. The ClearCLIP authors' fork instead leaves such tokens without ``ln_post``.
 """
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +20,7 @@ from torch import nn
 
 from ..constants import POS_EMBED_INTERP_OFFSET
 from ..utils.errors import ClearCLIPError
-from .decomposition import check_decomposable_block, decomposed_block_forward, get_attention_variant
+from .decomposition import TokenLayout, check_decomposable_block, decomposed_block_forward, get_attention_variant
 
 
 class DenseCLIPEncoder(nn.Module):
@@ -24,12 +31,19 @@ class DenseCLIPEncoder(nn.Module):
     joint image-text space (not L2-normalised), patches in row-major order.
     """
 
-    def __init__(self, visual: nn.Module, attention: str = "qq", residual: bool = False, ffn: bool = False):
+    def __init__(
+        self,
+        visual: nn.Module,
+        attention: str = "qq",
+        residual: bool = False,
+        ffn: bool = False,
+        naclip_std: Optional[float] = None,
+    ):
         super().__init__()
         check_vision_tower(visual)
         self.visual = visual
         self.attention_name = attention
-        self.attention = get_attention_variant(attention)
+        self.attention = get_attention_variant(attention, naclip_std)
         self.residual = residual
         self.ffn = ffn
         self._pos_embed_cache: Dict[Tuple, torch.Tensor] = {}
@@ -108,12 +122,17 @@ class DenseCLIPEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.forward_until_last_block(images)
         last_block = self.visual.transformer.resblocks[-1]
-        x = decomposed_block_forward(last_block, x, self.attention, self.residual, self.ffn)
+        layout = self.token_layout(*images.shape[-2:])
+        x = decomposed_block_forward(last_block, x, self.attention, self.residual, self.ffn, layout)
         return self.project_tokens(x)
 
     def grid_shape(self, height: int, width: int) -> Tuple[int, int]:
         """Patch-grid size for an input of ``height`` x ``width`` pixels."""
         return height // self.patch_size, width // self.patch_size
+
+    def token_layout(self, height: int, width: int) -> TokenLayout:
+        """Token layout (class token, then the patch grid) for ``height`` x ``width`` pixels."""
+        return TokenLayout(*self.grid_shape(height, width))
 
 
 def check_vision_tower(visual: nn.Module) -> None:
@@ -124,11 +143,10 @@ def check_vision_tower(visual: nn.Module) -> None:
             f"the image tower {type(visual).__name__} is not an open_clip VisionTransformer; choose a ViT MODEL_NAME"
         )
     if getattr(visual, "attn_pool", None) is not None:
-        raise ClearCLIPError("image towers with attention pooling are not supported; choose a ViT with a class token")
-    if getattr(visual, "final_ln_after_pool", False):
         raise ClearCLIPError(
-            "image towers with final_ln_after_pool apply ln_post to the pooled token only; dense features "
-            "are undefined for them; choose another MODEL_NAME"
+            "image towers with attention pooling (CoCa-style attentional_pool) are not supported: their "
+            "embedding is a learned query's cross-attention over all tokens, so a patch token has no "
+            "counterpart in the image-text space; choose a ViT with class-token or average pooling"
         )
     if getattr(visual, "pool_type", "tok") not in ("tok", "avg"):
         raise ClearCLIPError(f"image towers with pool_type {visual.pool_type!r} are not supported (need 'tok' or 'avg')")

@@ -121,7 +121,7 @@ class ClearCLIPSegmentor(nn.Module):
         return {
             "clip_model": clip_model,
             "tokenizer": tokenizer,
-            "encoder": DenseCLIPEncoder(clip_model.visual, cc.ATTENTION, cc.RESIDUAL, cc.FFN),
+            "encoder": DenseCLIPEncoder(clip_model.visual, cc.ATTENTION, cc.RESIDUAL, cc.FFN, cc.NACLIP_GAUSSIAN_STD),
             "vocabulary": vocabulary_from_config(cfg),
             "prompt_templates": list(cc.PROMPT_TEMPLATES),
             "logit_scale": cc.LOGIT_SCALE,
