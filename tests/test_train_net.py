@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -20,29 +21,50 @@ SIZES = [(480, 640), (375, 500), (427, 640), (500, 333)]
 NUM_CLASSES = 171
 
 
-@pytest.fixture(scope="module")
-def coco_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("d2datasets")
+def write_coco_stuff(root, sizes, block=50, ignore_rows=7):
+    """Smooth images and blocky label maps (classes 0..11, top rows ignored) in the COCO-Stuff layout."""
     images, labels = root / "coco" / "val2017", root / "coco" / "stuffthingmaps_detectron2" / "val2017"
     images.mkdir(parents=True)
     labels.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    for index, (height, width) in enumerate(SIZES):
+    for index, (height, width) in enumerate(sizes):
         Image.fromarray(smooth_image(height, width, seed=index)).save(images / f"{index:012d}.jpg", quality=95)
-        label = np.kron(rng.integers(0, 12, (height // 50 + 1, width // 50 + 1)), np.ones((50, 50), dtype=np.int64))
-        label = label[:height, :width].astype(np.uint8)
-        label[:7] = 255
+        blocks = rng.integers(0, 12, (height // block + 1, width // block + 1))
+        label = np.kron(blocks, np.ones((block, block), dtype=np.int64))[:height, :width].astype(np.uint8)
+        label[:ignore_rows] = 255
         Image.fromarray(label).save(labels / f"{index:012d}.png")
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def coco_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("d2datasets")
+    write_coco_stuff(root, SIZES)
     return root
 
 
-def run_train_net(root, output_dir, *extra, num_gpus=1, model_files=None, check=True):
+def free_port():
+    """A free local TCP port, so parallel test runs do not share Detectron2's default --dist-url."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_net_command(root, output_dir, *extra, num_gpus=1, model_files=None, flags=(), templates=FEW_TEMPLATES):
+    """(command, environment) of ``train_net.py --eval-only`` on the tiny model."""
     model_json, checkpoint = model_files
     env = dict(os.environ, DETECTRON2_DATASETS=str(root), PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, TRAIN_NET, "--eval-only", "--num-gpus", str(num_gpus), "--config-file", CONFIG,
+    dist = ["--dist-url", f"tcp://127.0.0.1:{free_port()}"] if num_gpus > 1 else []
+    cmd = [sys.executable, TRAIN_NET, "--eval-only", "--num-gpus", str(num_gpus), *dist, *flags, "--config-file", CONFIG,
            "MODEL.CLEARCLIP.MODEL_NAME", model_json, "MODEL.CLEARCLIP.PRETRAINED", checkpoint,
-           "MODEL.CLEARCLIP.PROMPT_TEMPLATES", repr(FEW_TEMPLATES), "OUTPUT_DIR", str(output_dir),
+           "MODEL.CLEARCLIP.PROMPT_TEMPLATES", repr(list(templates)), "OUTPUT_DIR", str(output_dir),
            "DATALOADER.NUM_WORKERS", "1", *extra]
+    return cmd, env
+
+
+def run_train_net(root, output_dir, *extra, num_gpus=1, model_files=None, check=True, flags=(), templates=FEW_TEMPLATES):
+    cmd, env = train_net_command(root, output_dir, *extra, num_gpus=num_gpus, model_files=model_files, flags=flags,
+                                 templates=templates)
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
