@@ -38,6 +38,17 @@ def add_clearclip_config(cfg: CN) -> None:
     cfg.MODEL.CLEARCLIP.SLIDE_STRIDE = constants.SLIDE_STRIDE
     # Windows per image-encoder batch (bounds memory; results do not depend on it).
     cfg.MODEL.CLEARCLIP.WINDOW_BATCH = 8
+    # Largest queries x output height x output width for which the model returns the full
+    # probability map "sem_seg" [K, H, W]; larger outputs (big images, big vocabularies) go
+    # through the classes in chunks and return "sem_seg_labels" [H, W] instead (same argmax).
+    # 0 = always chunked. Default 2**28 floats = 1 GiB per copy.
+    cfg.MODEL.CLEARCLIP.MAX_DENSE_ELEMENTS = 2**28
+    # Text queries per chunk on the chunked path: memory ~ CLASS_CHUNK x output pixels x 4 B
+    # (the bound: README, "Long evaluations"; results do not depend on it).
+    cfg.MODEL.CLEARCLIP.CLASS_CHUNK = 32
+    # Expected SHA-256 (hex) of the PRETRAINED checkpoint file; a file with another hash is
+    # refused ("" = not checked).
+    cfg.MODEL.CLEARCLIP.PRETRAINED_SHA256 = ""
     # Prompts per text-encoder batch when embedding the vocabulary.
     cfg.MODEL.CLEARCLIP.TEXT_BATCH_SIZE = 256
     # Prompt templates, "{}" stands for the class name (default: the 80 OpenAI ImageNet templates).
@@ -105,6 +116,11 @@ def check_clearclip_config(cfg: CN) -> None:
         raise ClearCLIPError(
             f"MODEL.CLEARCLIP.SLIDE_CROP {cc.SLIDE_CROP} / SLIDE_STRIDE {cc.SLIDE_STRIDE} / WINDOW_BATCH "
             f"{cc.WINDOW_BATCH}: need crop >= 0 (0 = whole image), stride > 0, window batch > 0"
+        )
+    if cc.CLASS_CHUNK <= 0 or cc.MAX_DENSE_ELEMENTS < 0:
+        raise ClearCLIPError(
+            f"MODEL.CLEARCLIP.CLASS_CHUNK {cc.CLASS_CHUNK} must be > 0 and MAX_DENSE_ELEMENTS "
+            f"{cc.MAX_DENSE_ELEMENTS} >= 0 (0 = always chunked)"
         )
     if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
         raise ClearCLIPError(f"INPUT.FORMAT {cfg.INPUT.FORMAT!r} is not supported by ClearCLIP; use RGB or BGR")

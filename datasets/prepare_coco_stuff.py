@@ -34,7 +34,7 @@ from clearclip_d2.constants import class_names_file  # noqa: E402
 from clearclip_d2.data.datasets import datasets_root  # noqa: E402
 from clearclip_d2.data.vocabulary import load_vocabulary_file  # noqa: E402
 from clearclip_d2.utils.cli import exit_on_user_error  # noqa: E402
-from clearclip_d2.utils.errors import ClearCLIPError  # noqa: E402
+from clearclip_d2.utils.errors import ClearCLIPError, some_values  # noqa: E402
 from clearclip_d2.utils.io import atomic_write  # noqa: E402
 
 PROGRAM = "prepare_coco_stuff.py"
@@ -116,11 +116,9 @@ def check_raw_values(label: np.ndarray, path: str) -> None:
     """Refuse pixel values that are neither a COCO-Stuff id (0..181) nor 255."""
     bad = (label >= NUM_RAW_IDS) & (label != IGNORE_LABEL)
     if bad.any():
-        values = np.unique(label[bad])
-        shown = ", ".join(str(v) for v in values[:10]) + (", ..." if len(values) > 10 else "")
         raise ClearCLIPError(
             f"label map {path} has {int(bad.sum())} pixels with values outside 0..181 and 255 "
-            f"(values {shown}); is it an official COCO-Stuff stuffthingmap?"
+            f"(values {some_values(np.unique(label[bad]))}); is it an official COCO-Stuff stuffthingmap?"
         )
 
 

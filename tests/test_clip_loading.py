@@ -137,3 +137,65 @@ def test_cached_tag_weights_get_quick_gelu(monkeypatch, tmp_path):
     model, _, _ = build_clip_model("ViT-B-32", "openai")
     assert calls["loaded"] == "ckpt"
     assert isinstance(model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+
+
+# ----------------------------------------------------------------------------- tampered checkpoints
+def tampered_copy(source, path, edit):
+    data = bytearray(open(source, "rb").read())
+    with open(path, "wb") as f:
+        f.write(edit(data))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "suffix, edit, fragment",
+    [
+        (".safetensors", lambda data: data[: len(data) // 2], "refusing checkpoint"),
+        (".safetensors", lambda data: data[:4] + b"\xff" * 4 + data[8:], "refusing checkpoint"),  # header length
+        (".pt", lambda data: data[: len(data) * 3 // 4], "refusing checkpoint"),
+    ],
+    ids=["truncated-safetensors", "corrupt-header", "truncated-torch-zip"],
+)
+def test_truncated_or_corrupt_checkpoint_is_refused(tmp_path, tiny_model_files, tiny_clip, suffix, edit, fragment):
+    model_json, checkpoint = tiny_model_files
+    source = checkpoint
+    if suffix == ".pt":
+        source = str(tmp_path / "full.pt")
+        torch.save(tiny_clip[0].state_dict(), source)
+    path = tampered_copy(source, tmp_path / f"tampered{suffix}", edit)
+    with pytest.raises(ClearCLIPError) as info:
+        build_clip_model(model_json, path)
+    assert fragment in str(info.value) and path in str(info.value) and "\n" not in str(info.value)
+
+
+def test_checkpoint_with_wrong_dtype_or_nan_is_refused(tmp_path, tiny_model_files, tiny_clip):
+    expected, _ = tiny_clip
+    model_json = tiny_model_files[0]
+    ints = dict(expected.state_dict(), **{"visual.proj": expected.visual.proj.long()})
+    torch.save(ints, str(tmp_path / "ints.pt"))
+    with pytest.raises(ClearCLIPError, match=r"visual.proj has dtype torch.int64, expected floating point.*damaged"):
+        build_clip_model(model_json, str(tmp_path / "ints.pt"))
+    nan = expected.visual.proj.clone()
+    nan[0, 0] = float("nan")
+    torch.save(dict(expected.state_dict(), **{"visual.proj": nan}), str(tmp_path / "nan.pt"))
+    with pytest.raises(ClearCLIPError, match="visual.proj holds NaN or Inf"):
+        build_clip_model(model_json, str(tmp_path / "nan.pt"))
+    # Half-precision weights are legitimate (cast to fp32 on loading).
+    half = {k: v.half() if v.is_floating_point() else v for k, v in expected.state_dict().items()}
+    torch.save(half, str(tmp_path / "half.pt"))
+    model, _, _ = build_clip_model(model_json, str(tmp_path / "half.pt"))
+    assert model.visual.proj.dtype == torch.float32
+
+
+def test_checkpoint_hash_is_checked(tmp_path, tiny_model_files):
+    import hashlib
+
+    model_json, checkpoint = tiny_model_files
+    digest = hashlib.sha256(open(checkpoint, "rb").read()).hexdigest()
+    build_clip_model(model_json, checkpoint, expected_sha256=digest.upper())
+    # One byte of a tensor changed: the file still loads, only the hash tells.
+    path = tampered_copy(checkpoint, tmp_path / "flipped.safetensors", lambda data: data[:-5] + bytes([data[-5] ^ 1]) + data[-4:])
+    build_clip_model(model_json, path)
+    with pytest.raises(ClearCLIPError) as info:
+        build_clip_model(model_json, path, expected_sha256=digest)
+    assert "SHA-256" in str(info.value) and digest in str(info.value) and "PRETRAINED_SHA256" in str(info.value)

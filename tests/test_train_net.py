@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -19,18 +20,39 @@ CONFIG = os.path.join(REPO_ROOT, "configs", "clearclip_coco.yaml")
 SIZES = [(480, 640), (375, 500), (427, 640), (500, 333)]
 
 
+def write_coco_stuff(root, sizes, block=50, ignore_rows=7):
+    """The COCO-Stuff layout (labels 0..11) under ``root``; returns (images folder, labels folder)."""
+    write_coco_stuff_layout(root, sizes, num_labels=12, block=block, ignored_rows=ignore_rows)
+    return root / "coco" / "val2017", root / "coco" / "stuffthingmaps_detectron2" / "val2017"
+
+
 @pytest.fixture(scope="module")
 def coco_root(tmp_path_factory):
     return write_coco_stuff_layout(tmp_path_factory.mktemp("d2datasets"), SIZES, num_labels=12, block=50)
 
 
-def run_train_net(root, output_dir, *extra, num_gpus=1, model_files=None, check=True):
+def free_port():
+    """A free local TCP port, so parallel test runs do not share Detectron2's default --dist-url."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_net_command(root, output_dir, *extra, num_gpus=1, model_files=None, flags=(), templates=FEW_TEMPLATES):
+    """(command, environment) of ``train_net.py --eval-only`` on the tiny model."""
     model_json, checkpoint = model_files
     env = dict(os.environ, DETECTRON2_DATASETS=str(root), PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, TRAIN_NET, "--eval-only", "--num-gpus", str(num_gpus), "--config-file", CONFIG,
+    dist = ["--dist-url", f"tcp://127.0.0.1:{free_port()}"] if num_gpus > 1 else []
+    cmd = [sys.executable, TRAIN_NET, "--eval-only", "--num-gpus", str(num_gpus), *dist, *flags, "--config-file", CONFIG,
            "MODEL.CLEARCLIP.MODEL_NAME", model_json, "MODEL.CLEARCLIP.PRETRAINED", checkpoint,
-           "MODEL.CLEARCLIP.PROMPT_TEMPLATES", repr(FEW_TEMPLATES), "OUTPUT_DIR", str(output_dir),
+           "MODEL.CLEARCLIP.PROMPT_TEMPLATES", repr(list(templates)), "OUTPUT_DIR", str(output_dir),
            "DATALOADER.NUM_WORKERS", "1", *extra]
+    return cmd, env
+
+
+def run_train_net(root, output_dir, *extra, num_gpus=1, model_files=None, check=True, flags=(), templates=FEW_TEMPLATES):
+    cmd, env = train_net_command(root, output_dir, *extra, num_gpus=num_gpus, model_files=model_files, flags=flags,
+                                 templates=templates)
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]

@@ -223,7 +223,7 @@ def run(args) -> List[str]:
     for path, name in zip(tqdm(inputs, desc="ClearCLIP demo", unit="image"), names):
         start = time.perf_counter()
         image = read_image_or_fail(path, cfg.INPUT.FORMAT)
-        labels = predictor(image).argmax(dim=0).cpu().numpy()
+        labels = predictor.predict_labels(image).numpy()
         image_rgb = image[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else image
         out_path = os.path.join(args.output, f"{name}_overlay.png")
         save_png(draw_overlay(np.ascontiguousarray(image_rgb), labels, metadata), out_path)

@@ -8,7 +8,10 @@ ClearCLIP itself is training-free::
         MODEL.CLEARCLIP.PRETRAINED /path/to/open_clip_pytorch_model.bin OUTPUT_DIR output/coco
 
 ``--num-gpus N`` starts N processes (one per GPU; on a machine without CUDA, N CPU processes
-with the gloo backend). Metrics go to ``OUTPUT_DIR/metrics.json``.
+with the gloo backend). Metrics go to ``OUTPUT_DIR/metrics.json``. Per-image results are kept
+in ``OUTPUT_DIR/eval_shards`` as the evaluation goes: ``--resume-eval`` continues an
+interrupted evaluation; ``--skip-bad-images`` leaves unreadable images and bad label maps out
+(listed in ``OUTPUT_DIR/skipped.txt``) instead of stopping.
 """
 
 import logging
@@ -24,8 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import build_detection_test_loader  # noqa: E402
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch  # noqa: E402
-from detectron2.evaluation import inference_on_dataset, print_csv_format  # noqa: E402
+from detectron2.engine import DefaultTrainer, default_argument_parser, launch  # noqa: E402
+from detectron2.evaluation import print_csv_format  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
@@ -34,8 +37,9 @@ from clearclip_d2.config import check_clearclip_config  # noqa: E402
 from clearclip_d2.data import ClearCLIPDatasetMapper  # noqa: E402
 from clearclip_d2.data.datasets import check_dataset_prepared  # noqa: E402
 from clearclip_d2.evaluation import ClearCLIPSemSegEvaluator  # noqa: E402
+from clearclip_d2.evaluation.resumable import plan_evaluation, run_planned_evaluation  # noqa: E402
 from clearclip_d2.utils import ClearCLIPError, atomic_write_json  # noqa: E402
-from clearclip_d2.utils.cli import EXIT_USER_ERROR, exit_on_user_error, resolve_device  # noqa: E402
+from clearclip_d2.utils.cli import EXIT_USER_ERROR, default_setup_atomic, exit_on_user_error, resolve_device  # noqa: E402
 from clearclip_d2.utils.errors import is_user_error, user_message  # noqa: E402
 
 logger = logging.getLogger("clearclip_d2")
@@ -46,24 +50,35 @@ class Trainer(DefaultTrainer):
     """Detectron2's trainer with ClearCLIP's test-time data path and evaluator."""
 
     @classmethod
-    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None, skip_bad_images=False):
         if output_folder is None:
             output_folder = evaluation_output_dir(cfg, dataset_name)
-        return ClearCLIPSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+        return ClearCLIPSemSegEvaluator(
+            dataset_name, distributed=True, output_dir=output_folder, skip_bad_images=skip_bad_images
+        )
 
     @classmethod
-    def build_test_loader(cls, cfg, dataset_name):
-        return build_detection_test_loader(cfg, dataset_name, mapper=ClearCLIPDatasetMapper(cfg, False))
+    def build_test_loader(cls, cfg, dataset_name, dataset_dicts=None):
+        """The test loader of a dataset, or of ``dataset_dicts`` (the images still to evaluate),
+        whose unreadable images come out as markers for the evaluator."""
+        if dataset_dicts is None:
+            return build_detection_test_loader(cfg, dataset_name, mapper=ClearCLIPDatasetMapper(cfg, False))
+        mapper = ClearCLIPDatasetMapper(cfg, False, mark_bad_images=True)
+        return build_detection_test_loader(dataset_dicts, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS)
 
     @classmethod
-    def test(cls, cfg, model, evaluators=None):
-        """Evaluate every dataset of ``DATASETS.TEST``, each with its own vocabulary."""
+    def test(cls, cfg, model, evaluators=None, resume_eval=False, skip_bad_images=False):
+        """Evaluate every dataset of ``DATASETS.TEST``, each with its own vocabulary, keeping
+        per-image results in the output folder (``resume_eval``: skip the images done there)."""
         results = OrderedDict()
         for index, dataset_name in enumerate(cfg.DATASETS.TEST):
             if hasattr(model, "use_dataset_vocabulary"):
                 model.use_dataset_vocabulary(dataset_name)
-            evaluator = evaluators[index] if evaluators else cls.build_evaluator(cfg, dataset_name)
-            results[dataset_name] = inference_on_dataset(model, cls.build_test_loader(cfg, dataset_name), evaluator)
+            evaluator = evaluators[index] if evaluators else cls.build_evaluator(cfg, dataset_name, skip_bad_images=skip_bad_images)
+            plan = plan_evaluation(cfg, dataset_name, evaluation_output_dir(cfg, dataset_name), resume_eval)
+            results[dataset_name] = run_planned_evaluation(
+                model, plan, evaluator, lambda dicts: cls.build_test_loader(cfg, dataset_name, dicts)
+            )
             if comm.is_main_process():
                 logger.info(f"Evaluation results for {dataset_name}:")
                 print_csv_format(results[dataset_name])
@@ -88,6 +103,9 @@ def print_results_table(dataset_name, results):
     ]
     print(f"\n{dataset_name}\n" + tabulate(summary, headers=["metric", "value"], tablefmt="pipe"), flush=True)
     print(tabulate(per_class, headers=["class", "IoU", "ACC"], tablefmt="pipe") + "\n", flush=True)
+    counts = results.get("evaluation", {})
+    if counts.get("skipped_images"):
+        print(f"{counts['images']} images evaluated, {counts['skipped_images']} bad images skipped (skipped.txt)\n", flush=True)
 
 
 def build_config(args):
@@ -122,12 +140,12 @@ def check_config(cfg, args):
 
 def main(args):
     cfg = build_config(args)
-    default_setup(cfg, args)
+    default_setup_atomic(cfg, args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         if cfg.MODEL.WEIGHTS:
             DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        results = Trainer.test(cfg, model)
+        results = Trainer.test(cfg, model, resume_eval=args.resume_eval, skip_bad_images=args.skip_bad_images)
         if comm.is_main_process():
             path = os.path.join(cfg.OUTPUT_DIR, "metrics.json")
             atomic_write_json(path, results)
@@ -168,8 +186,26 @@ def run(args):
         raise
 
 
+def argument_parser():
+    """Detectron2's ``default_argument_parser`` plus the long-evaluation flags."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--resume-eval",
+        action="store_true",
+        help="continue an interrupted evaluation: skip the images whose results are in OUTPUT_DIR/eval_shards "
+        "(refused if the config, weights or dataset changed)",
+    )
+    parser.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave unreadable images and bad label maps out of the metrics, list them in OUTPUT_DIR/skipped.txt "
+        "and go on (default: stop naming the file)",
+    )
+    return parser
+
+
 if __name__ == "__main__":
-    arguments = default_argument_parser().parse_args()
+    arguments = argument_parser().parse_args()
     print("Command Line Args:", arguments)
     with exit_on_user_error("train_net.py"):
         run(arguments)

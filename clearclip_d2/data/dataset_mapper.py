@@ -12,6 +12,10 @@ from detectron2.data import transforms as T
 from ..utils.errors import ClearCLIPError
 from .transforms import ResizeShortLongEdge
 
+# Key of the marker dict returned for an unreadable image by a mapper built with
+# ``mark_bad_images=True`` (value: the one-line reason).
+BAD_INPUT_KEY = "bad_input"
+
 
 def read_image_or_fail(file_name: str, image_format: str) -> np.ndarray:
     """Detectron2's ``read_image`` (EXIF orientation applied), HxWx3 uint8, naming the file on failure."""
@@ -33,23 +37,34 @@ class ClearCLIPDatasetMapper:
     ``image_format``, resized), ``height``/``width`` (the original size, where predictions are
     made). Label maps are not loaded: the evaluator reads them from ``sem_seg_file_name`` at
     full resolution.
+
+    An image that cannot be read raises :class:`ClearCLIPError`, or with ``mark_bad_images``
+    gives the input's fields plus ``BAD_INPUT_KEY`` (the reason) and no ``image``, for
+    :class:`~clearclip_d2.evaluation.bad_inputs.BadInputFilter` to take out of the batch.
     """
 
     @configurable
-    def __init__(self, *, augmentations: List[T.Augmentation], image_format: str):
+    def __init__(self, *, augmentations: List[T.Augmentation], image_format: str, mark_bad_images: bool = False):
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
+        self.mark_bad_images = mark_bad_images
 
     @classmethod
-    def from_config(cls, cfg, is_train: bool = False):
+    def from_config(cls, cfg, is_train: bool = False, mark_bad_images: bool = False):
         return {
             "augmentations": [ResizeShortLongEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)],
             "image_format": cfg.INPUT.FORMAT,
+            "mark_bad_images": mark_bad_images,
         }
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = read_image_or_fail(dataset_dict["file_name"], self.image_format)
+        try:
+            image = read_image_or_fail(dataset_dict["file_name"], self.image_format)
+        except ClearCLIPError as e:
+            if not self.mark_bad_images:
+                raise
+            return dict(dataset_dict, **{BAD_INPUT_KEY: str(e)})
         height, width = image.shape[:2]
         aug_input = T.AugInput(image)
         self.augmentations(aug_input)

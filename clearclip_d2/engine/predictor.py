@@ -15,7 +15,7 @@ Example::
     labels = probs.argmax(0)              # index into predictor.class_names
 """
 
-from typing import List
+from typing import Dict, List
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from detectron2.modeling import build_model
 
 from ..data.transforms import ResizeShortLongEdge
 from ..data.vocabulary import Vocabulary
+from ..modeling.class_chunks import LABELS_KEY
 from ..utils.errors import ClearCLIPError
 
 
@@ -78,8 +79,23 @@ class ClearCLIPPredictor:
             original_image: H x W x 3 uint8 array in ``cfg.INPUT.FORMAT`` channel order.
         Returns:
             Tensor[K, H, W] float32 per-class probabilities (K = vocabulary size) at the input's
-            size, on ``cfg.MODEL.DEVICE``; ``argmax(0)`` is the predicted class map.
+            size, on ``cfg.MODEL.DEVICE``; ``argmax(0)`` is the predicted class map. Refused when
+            K' x H x W (K' = queries) passes ``MODEL.CLEARCLIP.MAX_DENSE_ELEMENTS``: use
+            :meth:`predict_labels`, whose memory does not grow with the vocabulary.
         """
+        output = self.predict(original_image)
+        if "sem_seg" not in output:
+            height, width = output[LABELS_KEY].shape
+            raise ClearCLIPError(
+                f"a {len(self.model.vocabulary.queries)} x {height} x {width} probability map passes "
+                f"MODEL.CLEARCLIP.MAX_DENSE_ELEMENTS {self.model.max_dense_elements}; use predict_labels() "
+                f"(memory bounded by MODEL.CLEARCLIP.CLASS_CHUNK) or raise MAX_DENSE_ELEMENTS"
+            )
+        return output["sem_seg"]
+
+    def predict(self, original_image: np.ndarray) -> Dict[str, torch.Tensor]:
+        """The model's output for one image: ``sem_seg`` [K, H, W], or for outputs too large for
+        that ``sem_seg_labels`` [H, W] and ``sem_seg_confidence`` [H, W] (see the meta-architecture)."""
         image = np.asarray(original_image)
         if image.ndim != 3 or image.shape[2] != 3:
             raise ClearCLIPError(f"expected an H x W x 3 image, got shape {image.shape}")
@@ -89,8 +105,11 @@ class ClearCLIPPredictor:
         resized = self.aug.get_transform(image).apply_image(image)
         tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
         with torch.no_grad():
-            return self.model([{"image": tensor, "height": height, "width": width}])[0]["sem_seg"]
+            return self.model([{"image": tensor, "height": height, "width": width}])[0]
 
     def predict_labels(self, original_image: np.ndarray) -> torch.Tensor:
-        """Tensor[H, W] int64 class indices (argmax of :meth:`__call__`), on the CPU."""
-        return self(original_image).argmax(dim=0).cpu()
+        """Tensor[H, W] int64 class indices (argmax of :meth:`__call__`), on the CPU, for any
+        image and vocabulary size."""
+        output = self.predict(original_image)
+        labels = output[LABELS_KEY] if LABELS_KEY in output else output["sem_seg"].argmax(dim=0)
+        return labels.cpu()

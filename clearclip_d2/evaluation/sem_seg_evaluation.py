@@ -1,14 +1,14 @@
-"""Detectron2's ``SemSegEvaluator``, with label files checked and outputs written atomically."""
+"""Detectron2's ``SemSegEvaluator``, with label files checked, resumable, and outputs written atomically."""
 
 import os
 import shutil
 
 import numpy as np
-from detectron2.evaluation import SemSegEvaluator
 from detectron2.utils import comm
 from PIL import Image
 
 from ..utils.errors import ClearCLIPError
+from .resumable import ResumableSemSegEvaluator
 
 
 def load_label_map(path: str, dtype=int) -> np.ndarray:
@@ -22,29 +22,24 @@ def load_label_map(path: str, dtype=int) -> np.ndarray:
         raise ClearCLIPError(f"cannot read label map {path}: {type(e).__name__}: {e}") from e
 
 
-class ClearCLIPSemSegEvaluator(SemSegEvaluator):
+class ClearCLIPSemSegEvaluator(ResumableSemSegEvaluator):
     """``SemSegEvaluator`` (mIoU, fwIoU, mACC, pACC, per-class IoU/ACC, boundary IoU).
 
-    Differences: a label map whose size differs from the prediction is refused with its
-    file name, and ``sem_seg_predictions.json`` / ``sem_seg_evaluation.pth`` are written to
-    a temporary folder and moved into ``output_dir`` only when complete.
+    Differences: per-image results, resumable, and bad label maps (unreadable, of another size
+    than the prediction, values outside the classes) stop the evaluation naming the file or,
+    with ``skip_bad_images``, are skipped (see :class:`~.resumable.ResumableSemSegEvaluator`);
+    ``sem_seg_predictions.json``, ``sem_seg_evaluation.pth`` and ``skipped.txt`` are written to a
+    temporary folder and moved into ``output_dir`` only when complete.
     """
 
-    def __init__(self, dataset_name: str, distributed: bool = True, output_dir: str = None):
-        super().__init__(dataset_name, distributed=distributed, output_dir=output_dir, sem_seg_loading_fn=load_label_map)
-
-    def process(self, inputs, outputs):
-        for input, output in zip(inputs, outputs):
-            gt_file = self.input_file_to_gt_file[input["file_name"]]
-            pred_shape = tuple(output["sem_seg"].shape[-2:])
-            with Image.open(gt_file) as gt:
-                gt_shape = (gt.height, gt.width)
-            if gt_shape != pred_shape:
-                raise ClearCLIPError(
-                    f"label map {gt_file} is {gt_shape[1]}x{gt_shape[0]} but its image "
-                    f"{input['file_name']} is {pred_shape[1]}x{pred_shape[0]}; labels must match their image"
-                )
-        super().process(inputs, outputs)
+    def __init__(self, dataset_name: str, distributed: bool = True, output_dir: str = None, *, skip_bad_images: bool = False):
+        super().__init__(
+            dataset_name,
+            distributed=distributed,
+            output_dir=output_dir,
+            skip_bad_images=skip_bad_images,
+            sem_seg_loading_fn=load_label_map,
+        )
 
     def evaluate(self):
         final_dir = self._output_dir

@@ -19,6 +19,7 @@ from open_clip.pretrained import download_pretrained, get_pretrained_cfg, list_p
 from torch import nn
 
 from ..utils.errors import ClearCLIPError
+from ..utils.io import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -32,11 +33,12 @@ def build_clip_model(
     pretrained: str,
     force_quick_gelu: bool = False,
     cache_dir: Optional[str] = None,
+    expected_sha256: str = "",
 ) -> Tuple[nn.Module, Callable, str]:
     """Create the open_clip model, load its weights, and return ``(model, tokenizer, arch)``.
 
     The model is in eval mode, frozen, in fp32 on the CPU. ``arch`` is the resolved open_clip
-    architecture name.
+    architecture name. ``expected_sha256``: if given, the checkpoint file must have this hash.
     """
     arch = resolve_architecture(model_name)
     checkpoint, quick_gelu = resolve_checkpoint(arch, pretrained, cache_dir)
@@ -47,6 +49,8 @@ def build_clip_model(
     if checkpoint is None:
         logger.warning(f"CLIP model {arch} has RANDOM weights (seed 0; MODEL.CLEARCLIP.PRETRAINED is empty)")
     else:
+        if expected_sha256:
+            check_checkpoint_hash(checkpoint, expected_sha256)
         load_checkpoint_strictly(model, checkpoint)
         logger.info(f"Loaded CLIP weights for {arch} from {checkpoint}")
     model.eval().requires_grad_(False)
@@ -207,6 +211,16 @@ def read_state_dict_safely(path: str) -> Dict[str, torch.Tensor]:
     return checkpoint
 
 
+def check_checkpoint_hash(path: str, expected_sha256: str) -> None:
+    """Refuse a checkpoint whose SHA-256 is not ``expected_sha256`` (a changed or damaged file)."""
+    actual = file_sha256(path)
+    if actual.lower() != expected_sha256.strip().lower():
+        raise ClearCLIPError(
+            f"refusing checkpoint {path}: its SHA-256 is {actual}, not MODEL.CLEARCLIP.PRETRAINED_SHA256 "
+            f"{expected_sha256.strip()}; the file was changed or damaged: download it again (or fix the hash)"
+        )
+
+
 def _is_torchscript_archive(path: str) -> bool:
     import zipfile
 
@@ -225,12 +239,32 @@ def load_checkpoint_strictly(model: nn.Module, path: str) -> None:
         state_dict["logit_bias"] = torch.zeros_like(expected["logit_bias"])
     mismatches = checkpoint_mismatches(expected, state_dict)
     if mismatches:
-        shown = "; ".join(mismatches[:5])
-        more = f" (and {len(mismatches) - 5} more)" if len(mismatches) > 5 else ""
         raise ClearCLIPError(
-            f"checkpoint {path} does not fit the architecture: {shown}{more}; check MODEL.CLEARCLIP.MODEL_NAME"
+            f"checkpoint {path} does not fit the architecture: {_first_few(mismatches)}; check MODEL.CLEARCLIP.MODEL_NAME"
         )
+    damaged = checkpoint_value_problems(state_dict)
+    if damaged:
+        raise ClearCLIPError(f"refusing checkpoint {path}: {_first_few(damaged)}; the file is damaged: download it again")
     model.load_state_dict(state_dict, strict=True)
+
+
+def _first_few(problems: List[str], shown: int = 5) -> str:
+    more = f" (and {len(problems) - shown} more)" if len(problems) > shown else ""
+    return "; ".join(problems[:shown]) + more
+
+
+def checkpoint_value_problems(given: Dict[str, torch.Tensor]) -> List[str]:
+    """Tensors that cannot be CLIP weights: not floating point, or holding NaN/Inf (a damaged file).
+
+    fp16/bf16 weights are fine (they are cast to fp32 when loaded).
+    """
+    problems = []
+    for key, value in given.items():
+        if not value.is_floating_point():
+            problems.append(f"{key} has dtype {value.dtype}, expected floating point")
+        elif not bool(torch.isfinite(value).all()):
+            problems.append(f"{key} holds NaN or Inf values")
+    return problems
 
 
 def checkpoint_mismatches(expected: Dict[str, torch.Tensor], given: Dict[str, torch.Tensor]) -> List[str]:

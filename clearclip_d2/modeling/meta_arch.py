@@ -1,7 +1,8 @@
 """``ClearCLIPSegmentor``: training-free open-vocabulary semantic segmentation."""
 
 import logging
-from typing import Callable, Dict, List, Optional, Sequence
+from functools import partial
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -13,7 +14,15 @@ from ..data.vocabulary import Vocabulary, load_vocabulary_file, vocabulary_from_
 from ..utils.errors import ClearCLIPError
 from .clip_loading import build_clip_model
 from .dense_encoder import DenseCLIPEncoder
-from .slide_inference import logits_to_probabilities, slide_inference, whole_image_logits
+from .class_chunks import CONFIDENCE_KEY, LABELS_KEY, chunked_labels, use_class_chunks
+from .slide_inference import (
+    average_window_logits,
+    encode_whole_image,
+    encode_windows,
+    logits_to_probabilities,
+    patch_logits,
+    windows_by_image,
+)
 from .text_classifier import build_text_classifier, check_templates
 
 logger = logging.getLogger(__name__)
@@ -46,7 +55,10 @@ class ClearCLIPSegmentor(nn.Module):
     and optionally ``height``/``width`` (the size to predict at; default the image size).
     Output: one ``{"sem_seg": Tensor[K, height, width]}`` per image, the per-class
     probabilities of the reference, whose argmax is the prediction (background threshold
-    included, see :func:`logits_to_probabilities`).
+    included, see :func:`logits_to_probabilities`). When queries x height x width passes
+    ``max_dense_elements``, the classes go through in chunks (:mod:`.class_chunks`) and the
+    output is ``{"sem_seg_labels": Tensor[height, width] int64, "sem_seg_confidence":
+    Tensor[height, width]}`` instead: the same argmax and the highest class probability.
     """
 
     @configurable
@@ -68,6 +80,8 @@ class ClearCLIPSegmentor(nn.Module):
         input_format: str = "RGB",
         text_batch_size: int = 256,
         fixed_vocabulary: bool = False,
+        class_chunk: int = 32,
+        max_dense_elements: int = 2**28,
     ):
         """
         Args:
@@ -82,11 +96,17 @@ class ClearCLIPSegmentor(nn.Module):
             pixel_mean, pixel_std: per channel, in ``input_format`` order, 0-255 scale.
             input_format: "RGB" or "BGR", the channel order of ``image``.
             fixed_vocabulary: keep ``vocabulary`` when evaluating datasets with other classes.
+            class_chunk: queries per chunk when the output is too large for ``sem_seg``.
+            max_dense_elements: largest queries x height x width returned as ``sem_seg``.
         """
         super().__init__()
         check_templates(prompt_templates)
         if input_format not in ("RGB", "BGR"):
             raise ClearCLIPError(f"INPUT.FORMAT {input_format!r} is not supported; use RGB or BGR")
+        if class_chunk <= 0 or max_dense_elements < 0:
+            raise ClearCLIPError(
+                f"MODEL.CLEARCLIP.CLASS_CHUNK {class_chunk} must be > 0 and MAX_DENSE_ELEMENTS {max_dense_elements} >= 0"
+            )
         if slide_crop < 0 or (slide_crop > 0 and slide_stride <= 0) or window_batch <= 0:
             raise ClearCLIPError(
                 f"bad sliding window (SLIDE_CROP {slide_crop}, SLIDE_STRIDE {slide_stride}, WINDOW_BATCH "
@@ -104,6 +124,8 @@ class ClearCLIPSegmentor(nn.Module):
         self.input_format = input_format
         self.text_batch_size = int(text_batch_size)
         self.fixed_vocabulary = fixed_vocabulary
+        self.class_chunk = int(class_chunk)
+        self.max_dense_elements = int(max_dense_elements)
         rgb = (lambda v: list(v)[::-1]) if input_format == "BGR" else list
         self.register_buffer("pixel_mean", torch.tensor(rgb(pixel_mean), dtype=torch.float32).view(3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(rgb(pixel_std), dtype=torch.float32).view(3, 1, 1), False)
@@ -116,7 +138,11 @@ class ClearCLIPSegmentor(nn.Module):
     def from_config(cls, cfg):
         cc = cfg.MODEL.CLEARCLIP
         clip_model, tokenizer, _ = build_clip_model(
-            cc.MODEL_NAME, cc.PRETRAINED, force_quick_gelu=cc.FORCE_QUICK_GELU, cache_dir=cc.WEIGHTS_CACHE_DIR or None
+            cc.MODEL_NAME,
+            cc.PRETRAINED,
+            force_quick_gelu=cc.FORCE_QUICK_GELU,
+            cache_dir=cc.WEIGHTS_CACHE_DIR or None,
+            expected_sha256=cc.PRETRAINED_SHA256,
         )
         return {
             "clip_model": clip_model,
@@ -134,6 +160,8 @@ class ClearCLIPSegmentor(nn.Module):
             "input_format": cfg.INPUT.FORMAT,
             "text_batch_size": cc.TEXT_BATCH_SIZE,
             "fixed_vocabulary": bool(cc.CLASS_NAMES_FILE),
+            "class_chunk": cc.CLASS_CHUNK,
+            "max_dense_elements": cc.MAX_DENSE_ELEMENTS,
         }
 
     @property
@@ -186,17 +214,40 @@ class ClearCLIPSegmentor(nn.Module):
         text = self.text_embeddings()
         images = [self.preprocess_image(x["image"]) for x in batched_inputs]
         out_sizes = [(int(x.get("height", img.shape[-2])), int(x.get("width", img.shape[-1]))) for x, img in zip(batched_inputs, images)]
-        patch = self.encoder.patch_size
-        if self.slide_crop > 0:
-            logits = slide_inference(images, self.encoder, text, patch, self.slide_crop, self.slide_stride, self.window_batch)
-        else:
-            logits = [whole_image_logits(img, self.encoder, text, patch, size) for img, size in zip(images, out_sizes)]
         query_to_class = torch.as_tensor(self.vocabulary.query_to_class, device=self.device)
         return [
-            {
-                "sem_seg": logits_to_probabilities(
-                    image_logits, size, self.logit_scale, query_to_class, len(self.vocabulary), self.prob_threshold
-                )
-            }
-            for image_logits, size in zip(logits, out_sizes)
+            self.predict_image(chunk_logits, text, size, query_to_class)
+            for chunk_logits, size in zip(self.encode_images(images), out_sizes)
         ]
+
+    def encode_images(self, images: List[torch.Tensor]) -> List[Callable[[torch.Tensor], torch.Tensor]]:
+        """Run the image encoder once; per image, a function from [C, D] text embeddings to the
+        image's [C, h, w] averaged cosine similarities (resized image, or patch grid when
+        ``slide_crop`` is 0), so the vocabulary can be compared in chunks."""
+        patch = self.encoder.patch_size
+        if self.slide_crop > 0:
+            windows = encode_windows(images, self.encoder, patch, self.slide_crop, self.slide_stride, self.window_batch)
+            return [
+                partial(average_window_logits, image_windows, image_size=tuple(img.shape[-2:]))
+                for image_windows, img in zip(windows_by_image(windows, len(images)), images)
+            ]
+        return [partial(patch_logits, *encode_whole_image(img, self.encoder, patch)) for img in images]
+
+    def predict_image(
+        self,
+        chunk_logits: Callable[[torch.Tensor], torch.Tensor],
+        text: torch.Tensor,
+        out_size: Tuple[int, int],
+        query_to_class: torch.Tensor,
+    ) -> Dict[str, torch.Tensor]:
+        """``{"sem_seg": [K, H, W]}`` probabilities, or the chunked labels when that is too large."""
+        if not use_class_chunks(len(text), out_size, self.max_dense_elements):
+            probs = logits_to_probabilities(
+                chunk_logits(text), out_size, self.logit_scale, query_to_class, len(self.vocabulary), self.prob_threshold
+            )
+            return {"sem_seg": probs}
+        labels, confidence = chunked_labels(
+            chunk_logits, text, out_size, self.logit_scale, query_to_class, self.prob_threshold, self.class_chunk
+        )
+        return {LABELS_KEY: labels, CONFIDENCE_KEY: confidence}
+

@@ -8,10 +8,13 @@ Overlaps are averaged.
 
 All windows of one size go through the encoder together, ``window_batch`` at a time: in a
 batch of images every window of every image has the same size unless an image is smaller
-than the crop, so the encoder sees full batches.
+than the crop, so the encoder sees full batches. The encoded windows do not depend on the
+text queries, so a large vocabulary can be compared with them chunk by chunk
+(:mod:`.class_chunks`) without running the encoder again.
 """
 
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
@@ -40,30 +43,105 @@ def centred_padding(height: int, width: int, multiple: int) -> Tuple[int, int, i
     return pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
 
 
-def window_logits(
+@dataclass(frozen=True)
+class EncodedWindow:
+    """One window of one image after the image encoder (text-independent, so it can be reused
+    for every chunk of text queries).
+
+    Attributes:
+        image_index: index of the image in the batch.
+        box: (y1, x1, y2, x2) of the window in the image, in pixels.
+        features: [h'/p * w'/p, D] unit patch embeddings of the zero-padded window.
+        grid: (h'/p, w'/p), the patch grid of the padded window.
+        padding: (left, right, top, bottom) zero padding added around the window, in pixels.
+    """
+
+    image_index: int
+    box: Box
+    features: torch.Tensor
+    grid: Tuple[int, int]
+    padding: Tuple[int, int, int, int]
+
+
+def encode_windows(
+    images: Sequence[torch.Tensor],
     encode: Callable[[torch.Tensor], torch.Tensor],
-    text_embeddings: torch.Tensor,
-    windows: torch.Tensor,
     patch_size: int,
-) -> torch.Tensor:
-    """Cosine similarities of windows with the text queries, at window resolution.
+    crop: int,
+    stride: int,
+    window_batch: int,
+) -> List[EncodedWindow]:
+    """Cut every image into sliding windows and encode them, ``window_batch`` windows at a time.
 
     Args:
+        images: normalised images, each [3, H_i, W_i].
         encode: images [n, 3, h', w'] (multiples of ``patch_size``) -> features [n, h'/p * w'/p, D].
-        text_embeddings: [Q, D], unit rows.
-        windows: [n, 3, h, w] normalised crops, all the same size.
     Returns:
-        [n, Q, h, w] cosine similarities (in [-1, 1]).
+        the windows of all images; their features hold ``num_windows * tokens * D`` floats.
     """
-    height, width = windows.shape[-2:]
-    left, right, top, bottom = centred_padding(height, width, patch_size)
-    padded = F.pad(windows, (left, right, top, bottom))
-    features = F.normalize(encode(padded), dim=-1)
+    jobs_by_size: Dict[Tuple[int, int], List[Tuple[int, Box]]] = defaultdict(list)
+    for index, image in enumerate(images):
+        for box in slide_window_boxes(image.shape[-2], image.shape[-1], crop, stride):
+            jobs_by_size[(box[2] - box[0], box[3] - box[1])].append((index, box))
+    encoded = []
+    for (height, width), jobs in jobs_by_size.items():
+        padding = centred_padding(height, width, patch_size)
+        grid = ((height + padding[2] + padding[3]) // patch_size, (width + padding[0] + padding[1]) // patch_size)
+        for start in range(0, len(jobs), window_batch):
+            chunk = jobs[start : start + window_batch]
+            crops = torch.stack([images[i][:, y1:y2, x1:x2] for i, (y1, x1, y2, x2) in chunk])
+            features = F.normalize(encode(F.pad(crops, padding)), dim=-1)
+            encoded += [EncodedWindow(i, box, feats, grid, padding) for (i, box), feats in zip(chunk, features)]
+    return encoded
+
+
+def windows_by_image(windows: Sequence[EncodedWindow], num_images: int) -> List[List[EncodedWindow]]:
+    """The windows of each image, in image order."""
+    grouped: List[List[EncodedWindow]] = [[] for _ in range(num_images)]
+    for window in windows:
+        grouped[window.image_index].append(window)
+    return grouped
+
+
+def patch_logits(features: torch.Tensor, grid: Tuple[int, int], text_embeddings: torch.Tensor) -> torch.Tensor:
+    """[T, D] unit patch features x [Q, D] unit text embeddings -> [Q, grid_h, grid_w] cosines (fp32)."""
     logits = features @ text_embeddings.t().to(features.dtype)
-    grid_h, grid_w = padded.shape[-2] // patch_size, padded.shape[-1] // patch_size
-    logits = logits.permute(0, 2, 1).reshape(len(windows), -1, grid_h, grid_w)
-    logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
-    return logits[:, :, top : top + height, left : left + width]
+    # contiguous: the transposed view is channels-last, which makes the upsampling 2x slower.
+    return logits.t().reshape(-1, *grid).float().contiguous()
+
+
+def window_logits(window: EncodedWindow, text_embeddings: torch.Tensor) -> torch.Tensor:
+    """Cosine similarities of one window with the text queries at window resolution:
+    [Q, y2 - y1, x2 - x1], bilinearly upsampled from the patch grid, padding cut off."""
+    left, right, top, bottom = window.padding
+    height, width = window.box[2] - window.box[0], window.box[3] - window.box[1]
+    logits = patch_logits(window.features, window.grid, text_embeddings)
+    padded_size = (height + top + bottom, width + left + right)
+    logits = F.interpolate(logits[None], size=padded_size, mode="bilinear", align_corners=False)[0]
+    return logits[:, top : top + height, left : left + width]
+
+
+def average_window_logits(
+    windows: Sequence[EncodedWindow], text_embeddings: torch.Tensor, image_size: Tuple[int, int]
+) -> torch.Tensor:
+    """Average the window logits of one image over the windows covering each pixel.
+
+    Windows are upsampled one at a time, so the memory is ``Q * (H * W + crop**2)`` floats.
+
+    Args:
+        windows: all windows of one image.
+        text_embeddings: [Q, D] unit rows (all queries, or one chunk of them).
+        image_size: (H, W) of the image the windows were cut from.
+    Returns:
+        [Q, H, W] averaged cosine similarities.
+    """
+    total = text_embeddings.new_zeros((text_embeddings.shape[0],) + tuple(image_size), dtype=torch.float32)
+    count = text_embeddings.new_zeros((1,) + tuple(image_size), dtype=torch.float32)
+    for window in windows:
+        y1, x1, y2, x2 = window.box
+        total[:, y1:y2, x1:x2] += window_logits(window, text_embeddings)
+        count[:, y1:y2, x1:x2] += 1
+    return total / count
 
 
 def slide_inference(
@@ -82,41 +160,21 @@ def slide_inference(
     Returns:
         one [Q, H_i, W_i] tensor of averaged cosine similarities per image.
     """
-    num_queries = text_embeddings.shape[0]
-    sums = [img.new_zeros((num_queries,) + tuple(img.shape[-2:]), dtype=torch.float32) for img in images]
-    counts = [img.new_zeros((1,) + tuple(img.shape[-2:]), dtype=torch.float32) for img in images]
-    windows_by_size: Dict[Tuple[int, int], List[Tuple[int, Box]]] = defaultdict(list)
-    for index, image in enumerate(images):
-        for box in slide_window_boxes(image.shape[-2], image.shape[-1], crop, stride):
-            windows_by_size[(box[2] - box[0], box[3] - box[1])].append((index, box))
-    for jobs in windows_by_size.values():
-        for start in range(0, len(jobs), window_batch):
-            chunk = jobs[start : start + window_batch]
-            crops = torch.stack([images[i][:, y1:y2, x1:x2] for i, (y1, x1, y2, x2) in chunk])
-            logits = window_logits(encode, text_embeddings, crops, patch_size).float()
-            for (index, (y1, x1, y2, x2)), window in zip(chunk, logits):
-                sums[index][:, y1:y2, x1:x2] += window
-                counts[index][:, y1:y2, x1:x2] += 1
-    return [total / count for total, count in zip(sums, counts)]
+    windows = windows_by_image(encode_windows(images, encode, patch_size, crop, stride, window_batch), len(images))
+    return [average_window_logits(w, text_embeddings, tuple(image.shape[-2:])) for w, image in zip(windows, images)]
 
 
-def whole_image_logits(
-    image: torch.Tensor,
-    encode: Callable[[torch.Tensor], torch.Tensor],
-    text_embeddings: torch.Tensor,
-    patch_size: int,
-    out_size: Tuple[int, int],
-) -> torch.Tensor:
+def encode_whole_image(
+    image: torch.Tensor, encode: Callable[[torch.Tensor], torch.Tensor], patch_size: int
+) -> Tuple[torch.Tensor, Tuple[int, int]]:
     """Without sliding windows (``SLIDE_CROP`` 0): the whole image, unpadded, in one pass.
 
     As in the reference, the patch embedding truncates sizes that are not multiples of the
-    patch size, and the patch-grid logits go straight to ``out_size``. Returns [Q, *out_size].
+    patch size, and the patch-grid logits (:func:`patch_logits`) go straight to the output
+    size. Returns the [T, D] unit patch features and the (grid_h, grid_w) patch grid.
     """
-    features = F.normalize(encode(image[None]), dim=-1)
-    logits = features @ text_embeddings.t().to(features.dtype)
-    grid_h, grid_w = image.shape[-2] // patch_size, image.shape[-1] // patch_size
-    logits = logits.permute(0, 2, 1).reshape(1, -1, grid_h, grid_w).float()
-    return F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)[0]
+    features = F.normalize(encode(image[None]), dim=-1)[0]
+    return features, (image.shape[-2] // patch_size, image.shape[-1] // patch_size)
 
 
 def logits_to_probabilities(

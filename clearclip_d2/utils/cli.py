@@ -1,12 +1,18 @@
-"""Command-line plumbing shared by the tools: one-line errors and the device choice."""
+"""Command-line plumbing shared by the tools: one-line errors, the device choice, run set-up."""
 
 import contextlib
 import logging
+import os
 import sys
 
 import torch
+from detectron2.utils import comm
+from detectron2.utils.collect_env import collect_env_info
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.logger import setup_logger
 
 from .errors import is_user_error, user_message
+from .io import atomic_write
 
 EXIT_USER_ERROR = 2
 
@@ -31,3 +37,25 @@ def resolve_device(cfg) -> None:
     if str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
         logging.getLogger(__name__).warning("CUDA is not available: running on the CPU (MODEL.DEVICE cpu)")
         cfg.MODEL.DEVICE = "cpu"
+
+
+def default_setup_atomic(cfg, args) -> None:
+    """Detectron2's ``default_setup`` (loggers, environment, arguments and config logged, seeds),
+    except that ``OUTPUT_DIR/config.yaml`` is written atomically; ``clearclip_d2``'s logger is set
+    up too."""
+    output_dir, rank = cfg.OUTPUT_DIR, comm.get_rank()
+    if comm.is_main_process() and output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+    setup_logger(output_dir, distributed_rank=rank, name="fvcore")
+    setup_logger(output_dir, distributed_rank=rank, name="clearclip_d2", abbrev_name="clearclip")
+    logger = setup_logger(output_dir, distributed_rank=rank)
+    logger.info(f"Rank of current process: {rank}. World size: {comm.get_world_size()}")
+    logger.info("Environment info:\n" + collect_env_info())
+    logger.info(f"Command line arguments: {args}")
+    if comm.is_main_process() and output_dir:
+        path = os.path.join(output_dir, "config.yaml")
+        logger.info(f"Running with full config:\n{cfg.dump()}")
+        with atomic_write(path, "w") as f:
+            f.write(cfg.dump())
+        logger.info(f"Full config saved to {path}")
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)

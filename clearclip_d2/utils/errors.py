@@ -27,3 +27,9 @@ def user_message(exc: BaseException) -> str:
 def is_user_error(exc: BaseException) -> bool:
     """True for a ClearCLIPError, also one re-raised from a worker under another type."""
     return isinstance(exc, ClearCLIPError) or "ClearCLIPError: " in str(exc)
+
+
+def some_values(values, limit: int = 10) -> str:
+    """``"3, 7, 200, ..."``: the first ``limit`` values of a sequence, for an error message."""
+    values = list(values)
+    return ", ".join(str(v) for v in values[:limit]) + (", ..." if len(values) > limit else "")

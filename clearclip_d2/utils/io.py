@@ -1,6 +1,7 @@
-"""Atomic file writes: a reader never sees a half-written file."""
+"""Atomic file writes (a reader never sees a half-written file) and file hashes."""
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -52,3 +53,19 @@ def _nan_to_none(obj: Any) -> Any:
     if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
         return _nan_to_none(obj.item())
     return obj
+
+
+_SHA256_CACHE: dict = {}
+
+
+def file_sha256(path: str, chunk_bytes: int = 1 << 20) -> str:
+    """SHA-256 (hex) of a file's content; remembered per (path, size, mtime) in this process."""
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA256_CACHE:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(chunk_bytes), b""):
+                digest.update(block)
+        _SHA256_CACHE[key] = digest.hexdigest()
+    return _SHA256_CACHE[key]

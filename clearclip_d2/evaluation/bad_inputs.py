@@ -1,0 +1,104 @@
+"""Bad files met in the middle of an evaluation.
+
+An image that cannot be read (missing, corrupt, truncated) is found by the dataset mapper, in
+a DataLoader worker process; a label map that cannot be read, has another size than its image
+or holds a value outside the classes is found by the evaluator, after the model ran. Both end
+in :meth:`~.sem_seg_evaluation.ClearCLIPSemSegEvaluator.report_bad_input`, in the process that
+runs the model: by default it stops the evaluation with one line naming the file and how many
+images are done (and kept for ``--resume-eval``); with ``--skip-bad-images`` the image is left
+out of the metrics and listed in ``skipped.txt``.
+
+The mapper (built with ``mark_bad_images=True``) returns a marker dict for a bad image rather
+than raising, because an exception in a worker reaches the main process without the count of
+images done and would end the run in skip mode too; :class:`BadInputFilter` takes the markers
+out of the batches before the model sees them.
+"""
+
+import logging
+import os
+from typing import Callable, Iterable, Iterator, List, Sequence, Tuple
+
+import numpy as np
+
+from ..data.dataset_mapper import BAD_INPUT_KEY
+from ..utils.errors import ClearCLIPError, some_values
+from ..utils.io import atomic_write
+
+logger = logging.getLogger(__name__)
+
+SKIPPED_FILE = "skipped.txt"
+
+
+class BadInputFilter:
+    """Iterate a test data loader, handing bad-image markers to ``on_bad_input(file_name, reason)``
+    instead of yielding them; batches left empty are not yielded. ``len()`` is the loader's."""
+
+    def __init__(self, loader: Iterable, on_bad_input: Callable[[str, str], None]):
+        self.loader = loader
+        self.on_bad_input = on_bad_input
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[List[dict]]:
+        for batch in self.loader:
+            good = []
+            for item in batch:
+                if BAD_INPUT_KEY in item:
+                    self.on_bad_input(item["file_name"], item[BAD_INPUT_KEY])
+                else:
+                    good.append(item)
+            if good:
+                yield good
+
+
+def check_label_map(
+    label: np.ndarray, image_size: Tuple[int, int], num_classes: int, ignore_label: int, label_file: str, image_file: str
+) -> None:
+    """Refuse a label map whose size is not its image's or whose values are not classes.
+
+    Args:
+        label: [H, W] integer label map as read.
+        image_size: (height, width) of the prediction, i.e. of the original image.
+        num_classes: valid labels are ``0 .. num_classes - 1`` and ``ignore_label``.
+    """
+    if tuple(label.shape) != tuple(image_size):
+        raise ClearCLIPError(
+            f"label map {label_file} is {_size(label.shape)} but its image {image_file} is "
+            f"{_size(image_size)}; labels must match their image"
+        )
+    bad = (label < 0) | ((label >= num_classes) & (label != ignore_label))
+    if bad.any():
+        values = some_values(np.unique(label[bad]), 5)
+        raise ClearCLIPError(
+            f"label map {label_file} has values {values} outside the classes 0..{num_classes - 1} "
+            f"(ignore label {ignore_label}); check the dataset's preparation, stuff_classes and ignore_label"
+        )
+
+
+def _size(shape: Sequence[int]) -> str:
+    return f"{shape[1]}x{shape[0]}" if len(shape) == 2 else "x".join(str(s) for s in shape)
+
+
+def stop_message(reason: str, done: int, total: int, shard_folder: str) -> str:
+    """The one line that ends an evaluation at a bad file (without ``--skip-bad-images``)."""
+    if shard_folder:
+        kept = (
+            f"their results are kept in {shard_folder}: fix or remove the file, then rerun with "
+            f"--resume-eval to continue"
+        )
+    else:
+        kept = "nothing is kept without an OUTPUT_DIR"
+    return (
+        f"{reason}; stopped after {done} of {total} images ({kept}), or rerun with --skip-bad-images "
+        f"to leave bad files out and list them in {SKIPPED_FILE}"
+    )
+
+
+def write_skipped_list(output_dir: str, skipped: Sequence[Tuple[str, str]]) -> str:
+    """Write ``output_dir/skipped.txt`` atomically: one ``file<TAB>reason`` line per skipped image."""
+    path = os.path.join(output_dir, SKIPPED_FILE)
+    with atomic_write(path, "w") as f:
+        for file_name, reason in skipped:
+            f.write(f"{file_name}\t{reason}\n")
+    return path
