@@ -191,7 +191,7 @@ def run_benchmark(args) -> dict:
     text_seconds = time.perf_counter() - start
 
     compute_dtype = PRECISIONS[cc.PRECISION] or torch.float32
-    peak = bench.matmul_peak_flops(device, compute_dtype)
+    peak = bench.matmul_peak_flops(device, compute_dtype, seconds=2.0)
     first = batches[0][0]["image"]
     height, width = int(first.shape[-2]), int(first.shape[-1])
     windows = len(slide_window_boxes(height, width, cc.SLIDE_CROP, cc.SLIDE_STRIDE)) if cc.SLIDE_CROP > 0 else 1
@@ -228,6 +228,16 @@ def run_benchmark(args) -> dict:
         result["encoder_alone"] = measure_encoder_alone(model, reference_style, args, peak, window_flops)
         report["modes"][mode] = result
     model.reference_style = False
+    # Measured again at the end, the higher figure kept: another process on the machine during
+    # one measurement would otherwise make the peak look low (and fractions above 100%).
+    peak_again = bench.matmul_peak_flops(device, compute_dtype)
+    if peak_again > peak:
+        scale = peak / peak_again
+        report["matmul_peak_gflops_per_s"] = peak_again / 1e9
+        for result in report["modes"].values():
+            for part in (result, result["encoder_alone"]):
+                if "fraction_of_matmul_peak" in part:
+                    part["fraction_of_matmul_peak"] *= scale
     if len(modes) == 2:
         report["speedup"] = report["modes"]["fast"]["images_per_s"] / report["modes"]["reference"]["images_per_s"]
         report["max_probability_difference"] = max_probability_difference(model, batches[0])
