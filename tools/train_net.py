@@ -39,7 +39,7 @@ from clearclip_d2.utils.cli import EXIT_USER_ERROR, exit_on_user_error, resolve_
 from clearclip_d2.utils.errors import is_user_error, user_message  # noqa: E402
 
 logger = logging.getLogger("clearclip_d2")
-SUMMARY_METRICS = ("mIoU", "fwIoU", "mACC", "pACC")
+SUMMARY_METRICS = ("mIoU", "mIoU-mmseg", "fwIoU", "mACC", "pACC")
 
 
 class Trainer(DefaultTrainer):
@@ -60,8 +60,8 @@ class Trainer(DefaultTrainer):
         """Evaluate every dataset of ``DATASETS.TEST``, each with its own vocabulary."""
         results = OrderedDict()
         for index, dataset_name in enumerate(cfg.DATASETS.TEST):
-            if hasattr(model, "use_dataset_vocabulary"):
-                model.use_dataset_vocabulary(dataset_name)
+            if hasattr(model, "use_dataset"):  # its classes and background threshold
+                model.use_dataset(dataset_name)
             evaluator = evaluators[index] if evaluators else cls.build_evaluator(cfg, dataset_name)
             results[dataset_name] = inference_on_dataset(model, cls.build_test_loader(cfg, dataset_name), evaluator)
             if comm.is_main_process():
