@@ -63,6 +63,7 @@ setup(
     extras_require={
         "demo": ["scikit-image>=0.19"],
         "test": ["pytest>=7", "scikit-image>=0.19", "scipy"],
+        "datasets": ["scipy"],  # datasets/prepare_pascal_context.py reads .mat files
     },
     classifiers=[
         "Programming Language :: Python :: 3",

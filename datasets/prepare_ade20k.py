@@ -30,15 +30,15 @@ SPLITS = ("training", "validation")
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = plumbing.preparation_parser(
-        PROGRAM, "Make the 0..149 label maps of ade20k_sem_seg_val from ADEChallengeData2016.", "ADEChallengeData2016/"
+        PROGRAM, "Make the 0..149 label maps of ade20k_sem_seg_val from ADEChallengeData2016.", "ADEChallengeData2016/",
+        SPLITS, ["validation"],
     )
-    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=["validation"], help="splits (default: validation)")
     args = parser.parse_args(argv)
     with exit_on_user_error(PROGRAM):
         for split in dict.fromkeys(args.splits):
-            tasks = converters.ade20k_tasks(args.root, split)
-            counts = plumbing.convert_all(tasks, converters.ADE20K_CONVERSION, split, args.workers, args.force)
-            plumbing.report(split, counts, os.path.join(args.root, converters.ADE20K_DIR, "annotations_detectron2", split))
+            destination = os.path.join(args.root, converters.ADE20K_DIR, "annotations_detectron2", split)
+            plumbing.convert_and_report(split, converters.ade20k_tasks(args.root, split), converters.ADE20K_CONVERSION,
+                                        destination, args)
 
 
 if __name__ == "__main__":

@@ -36,16 +36,16 @@ SPLITS = ("training", "validation")
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = plumbing.preparation_parser(
-        PROGRAM, "Make the images and 847-class uint16 label maps of ade20k_full_sem_seg_val.", "ADE20K_2021_17_01/"
+        PROGRAM, "Make the images and 847-class uint16 label maps of ade20k_full_sem_seg_val.", "ADE20K_2021_17_01/",
+        SPLITS, ["validation"],
     )
-    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=["validation"], help="splits (default: validation)")
     args = parser.parse_args(argv)
     with exit_on_user_error(PROGRAM):
         converters.check_ade20k_full_class_list()
         for split in dict.fromkeys(args.splits):
-            tasks = converters.ade20k_full_tasks(args.root, split)
-            counts = plumbing.convert_all(tasks, converters.convert_ade20k_full, split, args.workers, args.force)
-            plumbing.report(split, counts, os.path.join(args.root, converters.ADE_FULL_DIR, "*_detectron2", split))
+            destination = os.path.join(args.root, converters.ADE_FULL_DIR, "*_detectron2", split)
+            plumbing.convert_and_report(split, converters.ade20k_full_tasks(args.root, split),
+                                        converters.convert_ade20k_full, destination, args)
 
 
 if __name__ == "__main__":

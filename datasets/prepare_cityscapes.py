@@ -37,17 +37,17 @@ SPLITS = ("train", "val")
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = plumbing.preparation_parser(
-        PROGRAM, "Make Cityscapes' labelTrainIds maps (0..18, 255 = ignore) from gtFine labelIds.", "cityscapes/gtFine/"
+        PROGRAM, "Make Cityscapes' labelTrainIds maps (0..18, 255 = ignore) from gtFine labelIds.", "cityscapes/gtFine/",
+        SPLITS, ["val"],
     )
-    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=["val"], help="splits (default: val)")
     args = parser.parse_args(argv)
     with exit_on_user_error(PROGRAM):
         names = load_vocabulary_file(class_names_file("city_scapes")).class_names
         maps.check_class_anchors(names, len(maps.CITYSCAPES_TRAIN_LABELS), maps.cityscapes_anchors(), "Cityscapes")
         for split in dict.fromkeys(args.splits):
-            tasks = converters.cityscapes_tasks(args.root, split)
-            counts = plumbing.convert_all(tasks, converters.CITYSCAPES_CONVERSION, split, args.workers, args.force)
-            plumbing.report(split, counts, os.path.join(args.root, converters.CITYSCAPES_GT_DIR, split))
+            destination = os.path.join(args.root, converters.CITYSCAPES_GT_DIR, split)
+            plumbing.convert_and_report(split, converters.cityscapes_tasks(args.root, split),
+                                        converters.CITYSCAPES_CONVERSION, destination, args)
 
 
 if __name__ == "__main__":

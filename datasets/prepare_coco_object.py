@@ -39,16 +39,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "Make COCO-Object label maps (0 = background, 1..80 things) of coco_2017_val_object_sem_seg "
         "from COCO-Stuff stuffthingmaps.",
         "coco/stuffthingmaps/",
+        SPLITS,
+        ["val2017"],
     )
-    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=["val2017"], help="splits (default: val2017)")
     args = parser.parse_args(argv)
     with exit_on_user_error(PROGRAM):
         names = load_vocabulary_file(class_names_file("coco_object")).class_names
         maps.check_class_anchors(names, maps.COCO_NUM_THINGS + 1, maps.COCO_OBJECT_ANCHORS, "COCO-Object")
-        conversion = converters.coco_conversion(maps.coco_object_lut())
-        for split, tasks in converters.coco_tasks(args.root, list(dict.fromkeys(args.splits)), OUTPUT_DIR):
-            counts = plumbing.convert_all(tasks, conversion, split, args.workers, args.force)
-            plumbing.report(split, counts, os.path.join(args.root, OUTPUT_DIR, split))
+        converters.convert_coco(args, OUTPUT_DIR, maps.coco_object_lut())
 
 
 if __name__ == "__main__":

@@ -59,15 +59,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "Convert COCO-Stuff stuffthingmaps (ids 0..181) to the 171 contiguous classes "
         "(0..170, 255 = ignore) of coco_2017_{train,val}_stuff_sem_seg.",
         "coco/stuffthingmaps/",
+        SPLITS,
+        SPLITS,
     )
-    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS), help="splits to convert (default: both)")
     args = parser.parse_args(argv)
     with exit_on_user_error(PROGRAM):
         check_class_list(load_vocabulary_file(class_names_file("coco_stuff")).class_names)
-        conversion = converters.coco_conversion(maps.coco_stuff_lut())
-        for split, tasks in converters.coco_tasks(args.root, list(dict.fromkeys(args.splits)), OUTPUT_DIR):
-            counts = plumbing.convert_all(tasks, conversion, split, args.workers, args.force)
-            plumbing.report(split, counts, os.path.join(args.root, OUTPUT_DIR, split))
+        converters.convert_coco(args, OUTPUT_DIR, maps.coco_stuff_lut())
 
 
 if __name__ == "__main__":

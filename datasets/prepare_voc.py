@@ -42,11 +42,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
     with exit_on_user_error(PROGRAM):
         variants = list(dict.fromkeys(args.variants))
-        tasks = converters.voc_tasks(args.root, args.split, variants)
-        counts = plumbing.convert_all(tasks, converters.voc_conversion(variants), args.split, args.workers, args.force)
         folders = dict(converters.VOC_OUTPUTS)
         destinations = ", ".join(os.path.join(args.root, converters.VOC_DIR, folders[v], args.split) for v in variants)
-        plumbing.report(args.split, counts, destinations)
+        plumbing.convert_and_report(args.split, converters.voc_tasks(args.root, args.split, variants),
+                                    converters.voc_conversion(variants), destinations, args)
 
 
 if __name__ == "__main__":

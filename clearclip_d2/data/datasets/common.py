@@ -142,15 +142,17 @@ def _files_by_stem(root: str, suffix: str, subfolders: bool) -> Dict[str, str]:
     return files
 
 
-def _read_image_list(path: str, name: str, prepare_command: str) -> List[str]:
+def read_id_list(path: str, what: str, fix: str) -> List[str]:
+    """The ids of an image list (the first word of each non-empty line); ``what`` and ``fix``
+    describe the file and the remedy in errors."""
     try:
         with open(path, encoding="utf-8") as f:
-            stems = [line.split()[0] for line in f if line.strip()]
+            ids = [line.split()[0] for line in f if line.strip()]
     except FileNotFoundError as e:
-        raise ClearCLIPError(f"dataset {name}: image list {path} does not exist; run: {prepare_command}") from e
-    if not stems:
-        raise ClearCLIPError(f"dataset {name}: image list {path} is empty")
-    return stems
+        raise ClearCLIPError(f"{what} {path} does not exist; {fix}") from e
+    if not ids:
+        raise ClearCLIPError(f"{what} {path} is empty; {fix}")
+    return ids
 
 
 def _examples(stems: Sequence[str], suffix: str) -> str:
@@ -166,7 +168,7 @@ def load_prepared_sem_seg(name: str, layout: SemSegLayout, prepare_command: str)
     images = _files_by_stem(layout.image_root, layout.image_suffix, layout.subfolders)
     labels = _files_by_stem(layout.sem_seg_root, layout.label_suffix, layout.subfolders)
     if layout.image_list:
-        stems = _read_image_list(layout.image_list, name, prepare_command)
+        stems = read_id_list(layout.image_list, f"dataset {name}: image list", f"run: {prepare_command}")
         no_image = [stem for stem in stems if stem not in images]
         if no_image:
             raise ClearCLIPError(

@@ -35,8 +35,11 @@ def coco_tasks(root: str, splits: Sequence[str], output_dir: str) -> List[Tuple[
     ]
 
 
-def coco_conversion(lut: np.ndarray) -> LookupConversion:
-    return LookupConversion((lut,), maps.COCO_RAW_VALID, maps.COCO_RAW_ALLOWED, maps.COCO_RAW_HINT)
+def convert_coco(args, output_dir: str, lut: np.ndarray) -> None:
+    """Convert the ``args.splits`` of ``coco/stuffthingmaps`` through ``lut`` into ``output_dir``."""
+    conversion = LookupConversion((lut,), maps.COCO_RAW_VALID, maps.COCO_RAW_ALLOWED, maps.COCO_RAW_HINT)
+    for split, tasks in coco_tasks(args.root, list(dict.fromkeys(args.splits)), output_dir):
+        plumbing.convert_and_report(split, tasks, conversion, os.path.join(args.root, output_dir, split), args)
 
 
 # ---------------------------------------------------------------------------- PASCAL VOC 2012
@@ -110,7 +113,8 @@ CONTEXT_VARIANTS = {"59": "pc59_val", "60": "pc60_val", "459": "pc459_val"}
 def context_val_ids(root: str) -> Tuple[List[str], List[str]]:
     """(ids of VOC2010's ``ImageSets/Main/val.txt`` that have a ``trainval/<id>.mat``, those that have not)."""
     voc2010 = os.path.join(root, CONTEXT_DIR)
-    ids = plumbing.read_id_list(os.path.join(voc2010, "ImageSets", "Main", "val.txt"), "VOC2010 val list", VOC2010.hint(root))
+    val_list = os.path.join(voc2010, "ImageSets", "Main", "val.txt")
+    ids = plumbing.read_id_list(val_list, "VOC2010 val list", VOC2010.hint(root))
     mat_dir = os.path.join(voc2010, "trainval")
     plumbing.require_dir(mat_dir, PASCAL_CONTEXT.hint(root))
     available = {name[: -len(".mat")] for name in plumbing.files_with_suffix(mat_dir, ".mat")}

@@ -89,11 +89,16 @@ VOC_RAW_HINT = "is it an official VOC2012 SegmentationClass map (palette PNG)?"
 
 
 @functools.lru_cache(maxsize=None)
+def zero_ignored_lut(num_classes: int) -> np.ndarray:
+    """Raw 1..num_classes -> 0..num_classes-1; 0 and everything else -> 255 (256 uint8 entries)."""
+    lut = np.full(256, IGNORE, dtype=np.uint8)
+    lut[1 : num_classes + 1] = np.arange(num_classes, dtype=np.uint8)
+    return _read_only(lut)
+
+
 def voc20_lut() -> np.ndarray:
     """Raw 1..20 -> 0..19; background 0 and border 255 -> 255."""
-    lut = np.full(256, IGNORE, dtype=np.uint8)
-    lut[1 : VOC_NUM_CLASSES + 1] = np.arange(VOC_NUM_CLASSES, dtype=np.uint8)
-    return _read_only(lut)
+    return zero_ignored_lut(VOC_NUM_CLASSES)
 
 
 @functools.lru_cache(maxsize=None)
@@ -111,12 +116,9 @@ ADE20K_RAW_ALLOWED = "0..150"
 ADE20K_RAW_HINT = "is it an official ADEChallengeData2016 annotation?"
 
 
-@functools.lru_cache(maxsize=None)
 def ade20k_lut() -> np.ndarray:
     """Raw 1..150 -> 0..149; 0 ("other") -> 255."""
-    lut = np.full(256, IGNORE, dtype=np.uint8)
-    lut[1 : ADE20K_NUM_CLASSES + 1] = np.arange(ADE20K_NUM_CLASSES, dtype=np.uint8)
-    return _read_only(lut)
+    return zero_ignored_lut(ADE20K_NUM_CLASSES)
 
 
 # ---------------------------------------------------------------------------- Cityscapes

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ...utils.errors import ClearCLIPError
 from ...utils.io import atomic_write
-from ..datasets.common import datasets_root
+from ..datasets.common import datasets_root, read_id_list  # noqa: F401  (read_id_list: for the scripts)
 
 WRITTEN, UNCHANGED = "written", "unchanged"
 # PIL modes of photos with more than 8 bits a channel (refused: converting would lose or clip).
@@ -198,6 +198,13 @@ def report(desc: str, counts: Counter, destination: str) -> None:
     print(f"{desc}: {counts[WRITTEN]} written, {counts[UNCHANGED]} unchanged -> {destination}", flush=True)
 
 
+def convert_and_report(desc: str, tasks: Sequence[ConversionTask], convert: Converter, destination: str, args) -> Counter:
+    """:func:`convert_all` with the ``--workers`` / ``--force`` of ``args``, then the summary line."""
+    counts = convert_all(tasks, convert, desc, args.workers, args.force)
+    report(desc, counts, destination)
+    return counts
+
+
 # ------------------------------------------------------------------------------ reading inputs
 def read_label_map(path: str, dtypes: Tuple[type, ...] = (np.uint8,)) -> np.ndarray:
     """An official label file as an HxW array of one of ``dtypes``; anything else is refused."""
@@ -255,18 +262,6 @@ def valid_values(dtype, *ranges: Tuple[int, int]) -> np.ndarray:
     return table
 
 
-def read_id_list(path: str, what: str, fix: str) -> List[str]:
-    """The ids of an image list (first word of each non-empty line)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            ids = [line.split()[0] for line in f if line.strip()]
-    except FileNotFoundError as e:
-        raise ClearCLIPError(f"{what} {path} does not exist; {fix}") from e
-    if not ids:
-        raise ClearCLIPError(f"{what} {path} is empty; {fix}")
-    return ids
-
-
 def require_dir(path: str, fix: str) -> None:
     if not os.path.isdir(path):
         raise ClearCLIPError(f"{path} does not exist; {fix}")
@@ -286,10 +281,15 @@ def positive_int(text: str) -> int:
     return value
 
 
-def preparation_parser(program: str, description: str, source: str) -> argparse.ArgumentParser:
-    """An ArgumentParser with ``--root``, ``--workers`` and ``--force``; ``source`` names what
-    ``--root`` must hold."""
+def preparation_parser(
+    program: str, description: str, source: str, splits: Sequence[str] = (), default_splits: Sequence[str] = ()
+) -> argparse.ArgumentParser:
+    """An ArgumentParser with ``--root``, ``--workers``, ``--force`` and, given ``splits``,
+    ``--splits`` (default ``default_splits``); ``source`` names what ``--root`` must hold."""
     parser = argparse.ArgumentParser(prog=program, description=description)
+    if splits:
+        parser.add_argument("--splits", nargs="+", choices=splits, default=list(default_splits),
+                            help=f"splits to convert (default: {' '.join(default_splits)})")
     parser.add_argument(
         "--root",
         default=datasets_root(),
