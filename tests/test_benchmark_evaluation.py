@@ -185,9 +185,10 @@ def test_reproduce_table_evaluates_prepared_and_skips_the_others(tmp_path, tiny_
     assert prepare.returncode == 0, prepare.stderr
     model_json, checkpoint = tiny_model_files
     result = subprocess.run(
-        [sys.executable, REPRODUCE, "--benchmarks", "voc20", "cityscapes", "--output-dir", str(tmp_path / "out"),
-         "MODEL.CLEARCLIP.MODEL_NAME", model_json, "MODEL.CLEARCLIP.PRETRAINED", checkpoint,
-         "MODEL.CLEARCLIP.PROMPT_TEMPLATES", "['a photo of a {}.']", "INPUT.MIN_SIZE_TEST", "64",
+        [sys.executable, REPRODUCE, "--num-gpus", "1", "--output-dir", str(tmp_path / "out"),
+         "--benchmarks", "voc20,cityscapes", "MODEL.CLEARCLIP.MODEL_NAME", model_json,
+         "MODEL.CLEARCLIP.PRETRAINED", checkpoint, "MODEL.CLEARCLIP.PROMPT_TEMPLATES", "['a photo of a {}.']",
+         "INPUT.MIN_SIZE_TEST", "64",
          "MODEL.CLEARCLIP.SLIDE_CROP", "48", "MODEL.CLEARCLIP.SLIDE_STRIDE", "32", "DATALOADER.NUM_WORKERS", "0"],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip

@@ -13,7 +13,7 @@ saying why. Written under ``--output-dir`` (default ``output/reproduce_<arch>``)
 Examples::
 
     python tools/reproduce_table.py                                   # all prepared, ViT-B/16
-    python tools/reproduce_table.py --benchmarks voc20 context59 --num-gpus 8
+    python tools/reproduce_table.py --benchmarks voc20,context59 --num-gpus 8
     python tools/reproduce_table.py --arch ViT-L-14 MODEL.CLEARCLIP.PRETRAINED /path/to/vit_l14.bin \\
         MODEL.CLEARCLIP.FORCE_QUICK_GELU True
     python tools/reproduce_table.py --from-metrics output/*/metrics.json   # table from earlier runs
@@ -45,23 +45,24 @@ TRAIN_NET = os.path.join(REPO_ROOT, "tools", "train_net.py")
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--benchmarks", nargs="+", metavar="KEY",
-                        help=f"benchmarks to evaluate (default: all with a config for --arch): "
-                             f"{', '.join(b.key for b in BENCHMARKS)}")
+    parser.add_argument("--benchmarks", metavar="KEY[,KEY...]",
+                        help=f"comma-separated benchmarks to evaluate (default: all with a config for --arch): "
+                             f"{','.join(b.key for b in BENCHMARKS)}")
     parser.add_argument("--arch", choices=ARCHITECTURES, default="ViT-B-16",
                         help="which configs and paper numbers: configs/ (ViT-B-16) or configs/vit_l14/ (ViT-L-14)")
     parser.add_argument("--output-dir", help="where to write (default: output/reproduce_<arch>)")
     parser.add_argument("--num-gpus", type=int, default=1, help="processes per train_net run (train_net's --num-gpus)")
     parser.add_argument("--from-metrics", nargs="+", metavar="JSON",
-                        help="no evaluation: take the results from these train_net metrics.json files")
+                        help="no evaluation (and no overrides): take the results from these train_net metrics.json files")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every train_net run")
     return parser
 
 
-def select_benchmarks(keys: Optional[Sequence[str]], architecture: str) -> List[Benchmark]:
+def select_benchmarks(keys: Optional[str], architecture: str) -> List[Benchmark]:
+    """The benchmarks named in ``keys`` ("voc20,voc21"), default every one with a config for the architecture."""
     if not keys:
         return [b for b in BENCHMARKS if b.config_path(architecture) is not None]
-    selected = [get_benchmark(key) for key in dict.fromkeys(keys)]
+    selected = [get_benchmark(key.strip()) for key in dict.fromkeys(keys.split(",")) if key.strip()]
     without_config = [b.key for b in selected if b.config_path(architecture) is None]
     if without_config:
         raise ClearCLIPError(f"no {architecture} config for {', '.join(without_config)} (the paper has no number for it)")

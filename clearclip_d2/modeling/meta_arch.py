@@ -24,12 +24,13 @@ def vocabulary_of_dataset(dataset_name: str) -> Vocabulary:
     """The vocabulary of a registered dataset: its ``clearclip_classes`` (the reference class list,
     set by ClearCLIP's registrations), else its ``stuff_classes``; commas separate synonyms."""
     meta = MetadataCatalog.get(dataset_name)
-    classes = meta.get("clearclip_classes") or meta.get("stuff_classes")
+    key = "clearclip_classes" if meta.get("clearclip_classes") else "stuff_classes"
+    classes = meta.get(key)
     if not classes:
         raise ClearCLIPError(
             f"dataset {dataset_name!r} has no stuff_classes in its metadata; set MODEL.CLEARCLIP.CLASS_NAMES_FILE"
         )
-    return vocabulary_from_names(classes, source=f"stuff_classes of {dataset_name}")
+    return vocabulary_from_names(classes, source=f"{key} of {dataset_name}")
 
 
 def prob_threshold_of_dataset(dataset_name: str) -> float:
