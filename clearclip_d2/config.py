@@ -31,8 +31,9 @@ def add_clearclip_config(cfg: CN) -> None:
     cfg.MODEL.CLEARCLIP.NACLIP_GAUSSIAN_STD = constants.NACLIP_GAUSSIAN_STD
     # Cosine similarities are multiplied by this before the softmax over queries.
     cfg.MODEL.CLEARCLIP.LOGIT_SCALE = constants.LOGIT_SCALE
-    # Pixels whose highest class probability is below this are predicted as class 0 (background).
-    cfg.MODEL.CLEARCLIP.PROB_THRESHOLD = 0.0
+    # Pixels whose highest class probability is below this are predicted as class 0 (background);
+    # -1 = each test dataset's reference threshold (metadata "clearclip_prob_threshold", else 0).
+    cfg.MODEL.CLEARCLIP.PROB_THRESHOLD = constants.PROB_THRESHOLD_FROM_DATASET
     # Sliding window size and step in pixels of the resized image; SLIDE_CROP 0 = whole image at once.
     cfg.MODEL.CLEARCLIP.SLIDE_CROP = constants.SLIDE_CROP
     cfg.MODEL.CLEARCLIP.SLIDE_STRIDE = constants.SLIDE_STRIDE
@@ -110,8 +111,11 @@ def check_clearclip_config(cfg: CN) -> None:
     check_templates(cc.PROMPT_TEMPLATES)
     if cc.CLASS_NAMES_FILE:
         load_vocabulary_file(cc.CLASS_NAMES_FILE)
-    if not 0.0 <= cc.PROB_THRESHOLD <= 1.0:
-        raise ClearCLIPError(f"MODEL.CLEARCLIP.PROB_THRESHOLD {cc.PROB_THRESHOLD} must be in [0, 1]")
+    if not (0.0 <= cc.PROB_THRESHOLD <= 1.0 or cc.PROB_THRESHOLD == constants.PROB_THRESHOLD_FROM_DATASET):
+        raise ClearCLIPError(
+            f"MODEL.CLEARCLIP.PROB_THRESHOLD {cc.PROB_THRESHOLD} must be in [0, 1], "
+            f"or {constants.PROB_THRESHOLD_FROM_DATASET} for each dataset's reference threshold"
+        )
     if cc.SLIDE_CROP < 0 or (cc.SLIDE_CROP > 0 and cc.SLIDE_STRIDE <= 0) or cc.WINDOW_BATCH <= 0:
         raise ClearCLIPError(
             f"MODEL.CLEARCLIP.SLIDE_CROP {cc.SLIDE_CROP} / SLIDE_STRIDE {cc.SLIDE_STRIDE} / WINDOW_BATCH "

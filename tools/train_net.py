@@ -43,7 +43,7 @@ from clearclip_d2.utils.cli import EXIT_USER_ERROR, default_setup_atomic, exit_o
 from clearclip_d2.utils.errors import is_user_error, user_message  # noqa: E402
 
 logger = logging.getLogger("clearclip_d2")
-SUMMARY_METRICS = ("mIoU", "fwIoU", "mACC", "pACC")
+SUMMARY_METRICS = ("mIoU", "mIoU-mmseg", "fwIoU", "mACC", "pACC")
 
 
 class Trainer(DefaultTrainer):
@@ -72,8 +72,8 @@ class Trainer(DefaultTrainer):
         per-image results in the output folder (``resume_eval``: skip the images done there)."""
         results = OrderedDict()
         for index, dataset_name in enumerate(cfg.DATASETS.TEST):
-            if hasattr(model, "use_dataset_vocabulary"):
-                model.use_dataset_vocabulary(dataset_name)
+            if hasattr(model, "use_dataset"):  # its classes and background threshold
+                model.use_dataset(dataset_name)
             evaluator = evaluators[index] if evaluators else cls.build_evaluator(cfg, dataset_name, skip_bad_images=skip_bad_images)
             plan = plan_evaluation(cfg, dataset_name, evaluation_output_dir(cfg, dataset_name), resume_eval)
             results[dataset_name] = run_planned_evaluation(

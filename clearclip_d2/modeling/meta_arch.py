@@ -10,6 +10,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
+from ..constants import PROB_THRESHOLD_FROM_DATASET
 from ..data.vocabulary import Vocabulary, load_vocabulary_file, vocabulary_from_names
 from ..utils.errors import ClearCLIPError
 from .clip_loading import build_clip_model
@@ -29,13 +30,27 @@ logger = logging.getLogger(__name__)
 
 
 def vocabulary_of_dataset(dataset_name: str) -> Vocabulary:
-    """The vocabulary of a registered dataset: its ``stuff_classes`` (commas separate synonyms)."""
-    classes = MetadataCatalog.get(dataset_name).get("stuff_classes")
+    """The vocabulary of a registered dataset: its ``clearclip_classes`` (the reference class list,
+    set by ClearCLIP's registrations), else its ``stuff_classes``; commas separate synonyms."""
+    meta = MetadataCatalog.get(dataset_name)
+    key = "clearclip_classes" if meta.get("clearclip_classes") else "stuff_classes"
+    classes = meta.get(key)
     if not classes:
         raise ClearCLIPError(
             f"dataset {dataset_name!r} has no stuff_classes in its metadata; set MODEL.CLEARCLIP.CLASS_NAMES_FILE"
         )
-    return vocabulary_from_names(classes, source=f"stuff_classes of {dataset_name}")
+    return vocabulary_from_names(classes, source=f"{key} of {dataset_name}")
+
+
+def prob_threshold_of_dataset(dataset_name: str) -> float:
+    """The background threshold recorded for a dataset (``clearclip_prob_threshold``), else 0."""
+    return float(MetadataCatalog.get(dataset_name).get("clearclip_prob_threshold", 0.0))
+
+
+def prob_threshold_from_config(cfg) -> Optional[float]:
+    """``PROB_THRESHOLD`` if given; None for "the test dataset's" (``PROB_THRESHOLD_FROM_DATASET``)."""
+    threshold = float(cfg.MODEL.CLEARCLIP.PROB_THRESHOLD)
+    return None if threshold == PROB_THRESHOLD_FROM_DATASET else threshold
 
 
 def vocabulary_from_config(cfg) -> Optional[Vocabulary]:
@@ -71,7 +86,7 @@ class ClearCLIPSegmentor(nn.Module):
         vocabulary: Optional[Vocabulary],
         prompt_templates: Sequence[str],
         logit_scale: float,
-        prob_threshold: float,
+        prob_threshold: Optional[float],
         slide_crop: int,
         slide_stride: int,
         window_batch: int,
@@ -82,6 +97,7 @@ class ClearCLIPSegmentor(nn.Module):
         fixed_vocabulary: bool = False,
         class_chunk: int = 32,
         max_dense_elements: int = 2**28,
+        dataset_name: Optional[str] = None,
     ):
         """
         Args:
@@ -90,7 +106,8 @@ class ClearCLIPSegmentor(nn.Module):
             vocabulary: classes to segment; can be changed with :meth:`set_vocabulary`.
             prompt_templates: templates with ``{}`` for the class name.
             logit_scale: multiplies the cosine similarities before the softmax.
-            prob_threshold: background threshold on the highest class probability.
+            prob_threshold: background threshold on the highest class probability; None = each
+                dataset's ``clearclip_prob_threshold`` (see :meth:`use_dataset`), 0 until one is used.
             slide_crop, slide_stride: sliding window size and step in pixels; crop 0 = whole image.
             window_batch: windows per encoder batch.
             pixel_mean, pixel_std: per channel, in ``input_format`` order, 0-255 scale.
@@ -98,6 +115,7 @@ class ClearCLIPSegmentor(nn.Module):
             fixed_vocabulary: keep ``vocabulary`` when evaluating datasets with other classes.
             class_chunk: queries per chunk when the output is too large for ``sem_seg``.
             max_dense_elements: largest queries x height x width returned as ``sem_seg``.
+            dataset_name: the dataset evaluated first, whose threshold applies if ``prob_threshold`` is None.
         """
         super().__init__()
         check_templates(prompt_templates)
@@ -117,7 +135,8 @@ class ClearCLIPSegmentor(nn.Module):
         self.encoder = encoder
         self.prompt_templates = list(prompt_templates)
         self.logit_scale = float(logit_scale)
-        self.prob_threshold = float(prob_threshold)
+        self.threshold_from_dataset = prob_threshold is None
+        self.prob_threshold = 0.0 if prob_threshold is None else float(prob_threshold)
         self.slide_crop = int(slide_crop)
         self.slide_stride = int(slide_stride)
         self.window_batch = int(window_batch)
@@ -133,6 +152,8 @@ class ClearCLIPSegmentor(nn.Module):
         self._text_embeddings: Dict[tuple, torch.Tensor] = {}
         if vocabulary is not None:
             self.set_vocabulary(vocabulary)
+        if self.threshold_from_dataset and dataset_name:
+            self.prob_threshold = prob_threshold_of_dataset(dataset_name)
 
     @classmethod
     def from_config(cls, cfg):
@@ -151,7 +172,7 @@ class ClearCLIPSegmentor(nn.Module):
             "vocabulary": vocabulary_from_config(cfg),
             "prompt_templates": list(cc.PROMPT_TEMPLATES),
             "logit_scale": cc.LOGIT_SCALE,
-            "prob_threshold": cc.PROB_THRESHOLD,
+            "prob_threshold": prob_threshold_from_config(cfg),
             "slide_crop": cc.SLIDE_CROP,
             "slide_stride": cc.SLIDE_STRIDE,
             "window_batch": cc.WINDOW_BATCH,
@@ -162,6 +183,7 @@ class ClearCLIPSegmentor(nn.Module):
             "fixed_vocabulary": bool(cc.CLASS_NAMES_FILE),
             "class_chunk": cc.CLASS_CHUNK,
             "max_dense_elements": cc.MAX_DENSE_ELEMENTS,
+            "dataset_name": cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None,
         }
 
     @property
@@ -181,6 +203,13 @@ class ClearCLIPSegmentor(nn.Module):
         """Switch to a dataset's classes, unless a fixed ``CLASS_NAMES_FILE`` was configured."""
         if not self.fixed_vocabulary:
             self.set_vocabulary(vocabulary_of_dataset(dataset_name))
+
+    def use_dataset(self, dataset_name: str) -> None:
+        """Switch to a dataset's classes (see :meth:`use_dataset_vocabulary`) and, unless
+        ``PROB_THRESHOLD`` was given, to its background threshold."""
+        self.use_dataset_vocabulary(dataset_name)
+        if self.threshold_from_dataset:
+            self.prob_threshold = prob_threshold_of_dataset(dataset_name)
 
     def text_embeddings(self) -> torch.Tensor:
         """[Q, D] unit text embeddings of the current vocabulary's queries."""
