@@ -1,5 +1,6 @@
 """``ClearCLIPSegmentor``: training-free open-vocabulary semantic segmentation."""
 
+import functools
 import logging
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -13,6 +14,7 @@ from ..data.vocabulary import Vocabulary, load_vocabulary_file, vocabulary_from_
 from ..utils.errors import ClearCLIPError
 from .clip_loading import build_clip_model
 from .dense_encoder import DenseCLIPEncoder
+from .refinement import build_refiner
 from .slide_inference import logits_to_probabilities, slide_inference, whole_image_logits
 from .text_classifier import build_text_classifier, check_templates
 
@@ -68,6 +70,7 @@ class ClearCLIPSegmentor(nn.Module):
         input_format: str = "RGB",
         text_batch_size: int = 256,
         fixed_vocabulary: bool = False,
+        refiner: Optional[nn.Module] = None,
     ):
         """
         Args:
@@ -82,6 +85,8 @@ class ClearCLIPSegmentor(nn.Module):
             pixel_mean, pixel_std: per channel, in ``input_format`` order, 0-255 scale.
             input_format: "RGB" or "BGR", the channel order of ``image``.
             fixed_vocabulary: keep ``vocabulary`` when evaluating datasets with other classes.
+            refiner: ``refiner(probs [K, H, W], image) -> [K, H, W]`` applied before the
+                background threshold (``MODEL.CLEARCLIP.REFINE``, see :mod:`.refinement`).
         """
         super().__init__()
         check_templates(prompt_templates)
@@ -104,6 +109,7 @@ class ClearCLIPSegmentor(nn.Module):
         self.input_format = input_format
         self.text_batch_size = int(text_batch_size)
         self.fixed_vocabulary = fixed_vocabulary
+        self.refiner = refiner
         rgb = (lambda v: list(v)[::-1]) if input_format == "BGR" else list
         self.register_buffer("pixel_mean", torch.tensor(rgb(pixel_mean), dtype=torch.float32).view(3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(rgb(pixel_std), dtype=torch.float32).view(3, 1, 1), False)
@@ -134,6 +140,7 @@ class ClearCLIPSegmentor(nn.Module):
             "input_format": cfg.INPUT.FORMAT,
             "text_batch_size": cc.TEXT_BATCH_SIZE,
             "fixed_vocabulary": bool(cc.CLASS_NAMES_FILE),
+            "refiner": build_refiner(cfg),
         }
 
     @property
@@ -195,8 +202,9 @@ class ClearCLIPSegmentor(nn.Module):
         return [
             {
                 "sem_seg": logits_to_probabilities(
-                    image_logits, size, self.logit_scale, query_to_class, len(self.vocabulary), self.prob_threshold
+                    image_logits, size, self.logit_scale, query_to_class, len(self.vocabulary), self.prob_threshold,
+                    refine=functools.partial(self.refiner, image=x["image"]) if self.refiner is not None else None,
                 )
             }
-            for image_logits, size in zip(logits, out_sizes)
+            for image_logits, size, x in zip(logits, out_sizes, batched_inputs)
         ]
