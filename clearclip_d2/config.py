@@ -5,6 +5,7 @@ from typing import Sequence
 from detectron2.config import CfgNode as CN
 
 from . import constants
+from .modeling import refinement
 
 
 def add_clearclip_config(cfg: CN) -> None:
@@ -57,6 +58,25 @@ def add_clearclip_config(cfg: CN) -> None:
     # "" = the test dataset's stuff_classes; else a file with one class a line,
     # comma-separated synonyms ("sky, clouds").
     cfg.MODEL.CLEARCLIP.CLASS_NAMES_FILE = ""
+    # Refinement of the per-class probabilities at the output size, before the background
+    # threshold: "none" (the reference), "pamr" (pixel-adaptive mask refinement) or "masks"
+    # (average inside the masks of another Detectron2 model).
+    cfg.MODEL.CLEARCLIP.REFINE = "none"
+    # PAMR: iterations, and dilations (pixels of the output) of its 3x3 neighbourhoods.
+    cfg.MODEL.CLEARCLIP.PAMR_ITERATIONS = refinement.PAMR_DEFAULT_ITERATIONS
+    cfg.MODEL.CLEARCLIP.PAMR_DILATIONS = list(refinement.PAMR_DEFAULT_DILATIONS)
+    # "masks": the mask model's Detectron2 config (YAML file or model-zoo name such as
+    # "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml") and weights (file or URL;
+    # "" = its config's MODEL.WEIGHTS; "random" = untrained, for tests).
+    cfg.MODEL.CLEARCLIP.MASK_MODEL_CONFIG = ""
+    cfg.MODEL.CLEARCLIP.MASK_MODEL_WEIGHTS = ""
+    # "package.module:function" that adds another project's config keys to the mask model's
+    # config (and registers its models on import), e.g. "mask2former:add_maskformer2_config".
+    cfg.MODEL.CLEARCLIP.MASK_MODEL_ADD_CONFIG = ""
+    # Masks scored below this are not used.
+    cfg.MODEL.CLEARCLIP.MASK_MIN_SCORE = 0.5
+    # Backbone (build_clearclip_backbone): L2-normalise each patch feature, as ClearCLIP's classifier does.
+    cfg.MODEL.CLEARCLIP.BACKBONE_L2_NORMALIZE = True
 
     # The reference's input: RGB, CLIP normalisation on 0-255 values,
     # short side resized to 448 with the long side at most 2048 (bilinear).
@@ -128,3 +148,4 @@ def check_clearclip_config(cfg: CN) -> None:
         )
     if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
         raise ClearCLIPError(f"INPUT.FORMAT {cfg.INPUT.FORMAT!r} is not supported by ClearCLIP; use RGB or BGR")
+    refinement.check_refine_config(cfg)

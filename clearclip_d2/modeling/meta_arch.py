@@ -16,6 +16,7 @@ from ..utils.errors import ClearCLIPError
 from .clip_loading import build_clip_model
 from .dense_encoder import DenseCLIPEncoder
 from .class_chunks import CONFIDENCE_KEY, LABELS_KEY, chunked_labels, use_class_chunks
+from .refinement import build_refiner
 from .slide_inference import (
     average_window_logits,
     encode_whole_image,
@@ -98,6 +99,7 @@ class ClearCLIPSegmentor(nn.Module):
         class_chunk: int = 32,
         max_dense_elements: int = 2**28,
         dataset_name: Optional[str] = None,
+        refiner: Optional[nn.Module] = None,
     ):
         """
         Args:
@@ -116,6 +118,8 @@ class ClearCLIPSegmentor(nn.Module):
             class_chunk: queries per chunk when the output is too large for ``sem_seg``.
             max_dense_elements: largest queries x height x width returned as ``sem_seg``.
             dataset_name: the dataset evaluated first, whose threshold applies if ``prob_threshold`` is None.
+            refiner: ``refiner(probs [K, H, W], image) -> [K, H, W]`` applied before the
+                background threshold (``MODEL.CLEARCLIP.REFINE``, see :mod:`.refinement`).
         """
         super().__init__()
         check_templates(prompt_templates)
@@ -145,6 +149,7 @@ class ClearCLIPSegmentor(nn.Module):
         self.fixed_vocabulary = fixed_vocabulary
         self.class_chunk = int(class_chunk)
         self.max_dense_elements = int(max_dense_elements)
+        self.refiner = refiner
         rgb = (lambda v: list(v)[::-1]) if input_format == "BGR" else list
         self.register_buffer("pixel_mean", torch.tensor(rgb(pixel_mean), dtype=torch.float32).view(3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(rgb(pixel_std), dtype=torch.float32).view(3, 1, 1), False)
@@ -184,6 +189,7 @@ class ClearCLIPSegmentor(nn.Module):
             "class_chunk": cc.CLASS_CHUNK,
             "max_dense_elements": cc.MAX_DENSE_ELEMENTS,
             "dataset_name": cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None,
+            "refiner": build_refiner(cfg),
         }
 
     @property
@@ -245,8 +251,8 @@ class ClearCLIPSegmentor(nn.Module):
         out_sizes = [(int(x.get("height", img.shape[-2])), int(x.get("width", img.shape[-1]))) for x, img in zip(batched_inputs, images)]
         query_to_class = torch.as_tensor(self.vocabulary.query_to_class, device=self.device)
         return [
-            self.predict_image(chunk_logits, text, size, query_to_class)
-            for chunk_logits, size in zip(self.encode_images(images), out_sizes)
+            self.predict_image(chunk_logits, text, size, query_to_class, x["image"])
+            for chunk_logits, size, x in zip(self.encode_images(images), out_sizes, batched_inputs)
         ]
 
     def encode_images(self, images: List[torch.Tensor]) -> List[Callable[[torch.Tensor], torch.Tensor]]:
@@ -268,13 +274,24 @@ class ClearCLIPSegmentor(nn.Module):
         text: torch.Tensor,
         out_size: Tuple[int, int],
         query_to_class: torch.Tensor,
+        image: torch.Tensor,
     ) -> Dict[str, torch.Tensor]:
-        """``{"sem_seg": [K, H, W]}`` probabilities, or the chunked labels when that is too large."""
+        """``{"sem_seg": [K, H, W]}`` probabilities, or the chunked labels when that is too large.
+
+        ``image`` is the input's [3, h, w] uint8 image, which the refiner (if any) looks at.
+        """
         if not use_class_chunks(len(text), out_size, self.max_dense_elements):
             probs = logits_to_probabilities(
-                chunk_logits(text), out_size, self.logit_scale, query_to_class, len(self.vocabulary), self.prob_threshold
+                chunk_logits(text), out_size, self.logit_scale, query_to_class, len(self.vocabulary), self.prob_threshold,
+                refine=partial(self.refiner, image=image) if self.refiner is not None else None,
             )
             return {"sem_seg": probs}
+        if self.refiner is not None:
+            raise ClearCLIPError(
+                f"MODEL.CLEARCLIP.REFINE needs the whole probability map, but {len(text)} queries x "
+                f"{out_size[0]}x{out_size[1]} pixels exceed MODEL.CLEARCLIP.MAX_DENSE_ELEMENTS "
+                f"{self.max_dense_elements}: raise MAX_DENSE_ELEMENTS or set REFINE none"
+            )
         labels, confidence = chunked_labels(
             chunk_logits, text, out_size, self.logit_scale, query_to_class, self.prob_threshold, self.class_chunk
         )
