@@ -37,7 +37,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["clearclip_d2", "clearclip_d2.*"]),
-    package_data={"clearclip_d2": ["resources/*.txt", "resources/class_names/*.txt"]},
+    package_data={"clearclip_d2": ["resources/*.txt", "resources/*.tsv", "resources/class_names/*.txt"]},
     include_package_data=False,
     zip_safe=False,
     # torch, torchvision and detectron2 come from the user (see the module docstring).
@@ -63,6 +63,7 @@ setup(
     extras_require={
         "demo": ["scikit-image>=0.19"],
         "test": ["pytest>=7", "scikit-image>=0.19", "scipy"],
+        "datasets": ["scipy"],  # datasets/prepare_pascal_context.py reads .mat files
     },
     classifiers=[
         "Programming Language :: Python :: 3",

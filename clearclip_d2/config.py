@@ -6,6 +6,7 @@ from detectron2.config import CfgNode as CN
 
 from . import constants
 from .modeling.text_cache import default_text_cache_dir
+from .modeling import refinement
 
 
 def add_clearclip_config(cfg: CN) -> None:
@@ -32,8 +33,9 @@ def add_clearclip_config(cfg: CN) -> None:
     cfg.MODEL.CLEARCLIP.NACLIP_GAUSSIAN_STD = constants.NACLIP_GAUSSIAN_STD
     # Cosine similarities are multiplied by this before the softmax over queries.
     cfg.MODEL.CLEARCLIP.LOGIT_SCALE = constants.LOGIT_SCALE
-    # Pixels whose highest class probability is below this are predicted as class 0 (background).
-    cfg.MODEL.CLEARCLIP.PROB_THRESHOLD = 0.0
+    # Pixels whose highest class probability is below this are predicted as class 0 (background);
+    # -1 = each test dataset's reference threshold (metadata "clearclip_prob_threshold", else 0).
+    cfg.MODEL.CLEARCLIP.PROB_THRESHOLD = constants.PROB_THRESHOLD_FROM_DATASET
     # Sliding window size and step in pixels of the resized image; SLIDE_CROP 0 = whole image at once.
     cfg.MODEL.CLEARCLIP.SLIDE_CROP = constants.SLIDE_CROP
     cfg.MODEL.CLEARCLIP.SLIDE_STRIDE = constants.SLIDE_STRIDE
@@ -63,6 +65,25 @@ def add_clearclip_config(cfg: CN) -> None:
     # "" = the test dataset's stuff_classes; else a file with one class a line,
     # comma-separated synonyms ("sky, clouds").
     cfg.MODEL.CLEARCLIP.CLASS_NAMES_FILE = ""
+    # Refinement of the per-class probabilities at the output size, before the background
+    # threshold: "none" (the reference), "pamr" (pixel-adaptive mask refinement) or "masks"
+    # (average inside the masks of another Detectron2 model).
+    cfg.MODEL.CLEARCLIP.REFINE = "none"
+    # PAMR: iterations, and dilations (pixels of the output) of its 3x3 neighbourhoods.
+    cfg.MODEL.CLEARCLIP.PAMR_ITERATIONS = refinement.PAMR_DEFAULT_ITERATIONS
+    cfg.MODEL.CLEARCLIP.PAMR_DILATIONS = list(refinement.PAMR_DEFAULT_DILATIONS)
+    # "masks": the mask model's Detectron2 config (YAML file or model-zoo name such as
+    # "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml") and weights (file or URL;
+    # "" = its config's MODEL.WEIGHTS; "random" = untrained, for tests).
+    cfg.MODEL.CLEARCLIP.MASK_MODEL_CONFIG = ""
+    cfg.MODEL.CLEARCLIP.MASK_MODEL_WEIGHTS = ""
+    # "package.module:function" that adds another project's config keys to the mask model's
+    # config (and registers its models on import), e.g. "mask2former:add_maskformer2_config".
+    cfg.MODEL.CLEARCLIP.MASK_MODEL_ADD_CONFIG = ""
+    # Masks scored below this are not used.
+    cfg.MODEL.CLEARCLIP.MASK_MIN_SCORE = 0.5
+    # Backbone (build_clearclip_backbone): L2-normalise each patch feature, as ClearCLIP's classifier does.
+    cfg.MODEL.CLEARCLIP.BACKBONE_L2_NORMALIZE = True
 
     # The reference's input: RGB, CLIP normalisation on 0-255 values,
     # short side resized to 448 with the long side at most 2048 (bilinear).
@@ -119,8 +140,11 @@ def check_clearclip_config(cfg: CN) -> None:
     check_precision(cc.PRECISION, cfg.MODEL.DEVICE)
     if cc.CLASS_NAMES_FILE:
         load_vocabulary_file(cc.CLASS_NAMES_FILE)
-    if not 0.0 <= cc.PROB_THRESHOLD <= 1.0:
-        raise ClearCLIPError(f"MODEL.CLEARCLIP.PROB_THRESHOLD {cc.PROB_THRESHOLD} must be in [0, 1]")
+    if not (0.0 <= cc.PROB_THRESHOLD <= 1.0 or cc.PROB_THRESHOLD == constants.PROB_THRESHOLD_FROM_DATASET):
+        raise ClearCLIPError(
+            f"MODEL.CLEARCLIP.PROB_THRESHOLD {cc.PROB_THRESHOLD} must be in [0, 1], "
+            f"or {constants.PROB_THRESHOLD_FROM_DATASET} for each dataset's reference threshold"
+        )
     if cc.SLIDE_CROP < 0 or (cc.SLIDE_CROP > 0 and cc.SLIDE_STRIDE <= 0) or cc.WINDOW_BATCH <= 0:
         raise ClearCLIPError(
             f"MODEL.CLEARCLIP.SLIDE_CROP {cc.SLIDE_CROP} / SLIDE_STRIDE {cc.SLIDE_STRIDE} / WINDOW_BATCH "
@@ -133,3 +157,4 @@ def check_clearclip_config(cfg: CN) -> None:
         )
     if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
         raise ClearCLIPError(f"INPUT.FORMAT {cfg.INPUT.FORMAT!r} is not supported by ClearCLIP; use RGB or BGR")
+    refinement.check_refine_config(cfg)

@@ -40,3 +40,49 @@ def openai_imagenet_templates() -> list:
     """The 80 OpenAI ImageNet prompt templates, each with one ``{}`` for the class name."""
     with open(PROMPT_TEMPLATES_FILE, encoding="utf-8") as f:
         return [line.rstrip("\n") for line in f if line.strip()]
+
+
+# ---------------------------------------------------------------------------- benchmarks
+# MODEL.CLEARCLIP.PROB_THRESHOLD value that means "the test dataset's clearclip_prob_threshold".
+PROB_THRESHOLD_FROM_DATASET = -1.0
+
+# The reference's background threshold per benchmark (SETTINGS.md): where the highest class
+# probability is below it, class 0 (background) is predicted; 0 = no threshold. The two
+# large-vocabulary benchmarks are not in the paper and have no background class.
+REFERENCE_PROB_THRESHOLDS = {
+    "voc20": 0.0,
+    "voc21": 0.5,
+    "context59": 0.0,
+    "context60": 0.15,
+    "coco_object": 0.4,
+    "coco_stuff": 0.0,
+    "cityscapes": 0.0,
+    "ade20k": 0.0,
+    "ade20k_full": 0.0,
+    "context459": 0.0,
+}
+
+# (crop, stride) of the reference's sliding window where it is not (SLIDE_CROP, SLIDE_STRIDE).
+REFERENCE_SLIDE_WINDOWS = {"cityscapes": (224, 224)}
+
+# The paper's mIoU (%, mmseg's definition: classes present in the ground truth or the prediction)
+# per architecture and benchmark (Tables 2 and 3).
+PAPER_MIOU = {
+    "ViT-B-16": {
+        "voc20": 80.9,
+        "context59": 35.9,
+        "coco_stuff": 23.9,
+        "cityscapes": 30.0,
+        "ade20k": 16.7,
+        "voc21": 51.8,
+        "context60": 32.6,
+        "coco_object": 33.0,
+    },
+    "ViT-L-14": {
+        "voc20": 80.0,
+        "context59": 29.6,
+        "coco_stuff": 19.9,
+        "cityscapes": 27.9,
+        "ade20k": 15.0,
+    },
+}

@@ -57,26 +57,219 @@ def load_demo_module():
     return module
 
 
-def test_demo_writes_overlays_of_input_size(tmp_path, tiny_json):
+def write_video(path, frames, fourcc="MJPG", fps=5.0):
+    """Write RGB frames with OpenCV; return them as OpenCV decodes them again (RGB)."""
+    import cv2
+
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+    assert writer.isOpened()
+    for frame in frames:
+        writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
+    writer.release()
+    return read_video(path)
+
+
+def read_video(path):
+    import cv2
+
+    capture, frames = cv2.VideoCapture(str(path)), []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame[:, :, ::-1].copy())
+    capture.release()
+    return frames
+
+
+def tiny_predictor(model_json):
+    from detectron2.config import get_cfg
+
+    from clearclip_d2 import add_clearclip_config
+    from clearclip_d2.engine import ClearCLIPPredictor
+
+    cfg = get_cfg()
+    add_clearclip_config(cfg)
+    cfg.merge_from_file(CONFIG)
+    cfg.merge_from_list(tiny_opts(model_json))
+    return ClearCLIPPredictor(cfg)
+
+
+def check_masks(stem, class_names, expected_labels):
+    """The label PNG is the prediction; the JSON gives each class's pixel share in vocabulary order."""
+    with Image.open(f"{stem}_labels.png") as image:
+        assert image.mode == "L"
+        labels = np.array(image)
+    np.testing.assert_array_equal(labels, expected_labels)
+    shares = json.loads(open(f"{stem}_classes.json").read())
+    assert list(shares) == list(class_names)
+    counts = np.bincount(labels.ravel(), minlength=len(class_names))
+    assert [shares[name] for name in class_names] == pytest.approx(list(counts / labels.size), abs=1e-12)
+
+
+def check_overlay(path, height, width):
+    """Overlay of the image at the top left, a legend panel on the right."""
+    with Image.open(path) as overlay:
+        assert overlay.mode == "RGB"
+        assert overlay.width > width and overlay.height >= height
+        return overlay.size
+
+
+def test_demo_writes_pngs_and_json_for_a_folder_and_a_video(tmp_path, tiny_json):
     inputs = tmp_path / "images"
     inputs.mkdir()
     sizes = {"field": (40, 56), "street": (48, 32)}  # (height, width)
     Image.fromarray(random_image(*sizes["field"], seed=1)).save(inputs / "field.png")
     Image.fromarray(random_image(*sizes["street"], seed=2)).save(inputs / "street.jpg", quality=95)
     (inputs / "notes.txt").write_text("not an image")
+    frames = write_video(tmp_path / "clip.avi", [random_image(48, 64, seed=10 + i) for i in range(3)])
     out = tmp_path / "out"
+    vocabulary = "cat, kitten; grass, lawn; sky"
 
     result = run_demo(
-        ["--config-file", CONFIG, "--input", str(inputs), "--output", str(out),
-         "--vocabulary", "cat, kitten; grass, lawn; sky", "--opts", *tiny_opts(tiny_json)]
+        ["--config-file", CONFIG, "--input", str(inputs), str(tmp_path / "clip.avi"), "--output", str(out),
+         "--vocabulary", vocabulary, "--save-masks", "--opts", *tiny_opts(tiny_json)]
     )  # fmt: skip
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert sorted(os.listdir(out)) == ["field_overlay.png", "street_overlay.png"]
+    per_image = ["_classes.json", "_labels.png", "_overlay.png"]
+    assert sorted(os.listdir(out)) == sorted(
+        ["clip", "clip_overlay.mp4"] + [name + suffix for name in sizes for suffix in per_image]
+    )
+    assert sorted(os.listdir(out / "clip")) == sorted(f"clip_{i:06d}{suffix}" for i in range(3) for suffix in per_image)
+    assert "ClearCLIP demo: 100%" in result.stderr  # the progress bar, over all pictures
+
+    predictor = tiny_predictor(tiny_json)
+    predictor.set_vocabulary(["cat, kitten", "grass, lawn", "sky"])
+    names = ["cat", "grass", "sky"]
     for name, (height, width) in sizes.items():
-        with Image.open(out / f"{name}_overlay.png") as overlay:
-            assert overlay.size == (width, height)
-            assert overlay.mode == "RGB"
+        check_overlay(out / f"{name}_overlay.png", height, width)
+        image = np.array(Image.open(next(inputs.glob(name + ".*"))).convert("RGB"))
+        check_masks(str(out / name), names, predictor.predict_labels(image).numpy())
+    for index, frame in enumerate(frames):
+        stem = out / "clip" / f"clip_{index:06d}"
+        overlay_size = check_overlay(f"{stem}_overlay.png", 48, 64)
+        check_masks(str(stem), names, predictor.predict_labels(frame).numpy())
+    video = read_video(out / "clip_overlay.mp4")
+    even_size = tuple(side + side % 2 for side in overlay_size)  # MPEG-4 needs even sides
+    assert len(video) == 3 and (video[0].shape[1], video[0].shape[0]) == even_size
+
+
+def test_overlay_legend_lists_the_classes_present_largest_first():
+    demo = load_demo_module()
+    metadata = demo.make_metadata(["cat", "grass", "sky", "road"])
+    labels = np.zeros((90, 120), dtype=np.int64)
+    labels[:, 40:] = 2  # sky 2/3, cat 1/3, grass and road absent
+    image = np.full((90, 120, 3), 128, dtype=np.uint8)
+    overlay = demo.draw_overlay(image, labels, metadata)
+    assert overlay.shape[1] > 120 and overlay.shape[0] >= 90
+
+    font_px = 10 * 100 / 72  # the Visualizer's smallest font at matplotlib's 100 dpi
+    swatch_centre = lambda row: overlay[int(4 + row * 1.7 * font_px + font_px / 2), int(120 + 6 + font_px / 2)]  # noqa: E731
+    np.testing.assert_array_equal(swatch_centre(0), metadata.stuff_colors[2])
+    np.testing.assert_array_equal(swatch_centre(1), metadata.stuff_colors[0])
+    np.testing.assert_array_equal(swatch_centre(2), demo.LEGEND_BACKGROUND)
+    # regions are tinted with their class colour
+    sky = np.array(metadata.stuff_colors[2], dtype=float)
+    assert np.abs(overlay[45, 100].astype(float) - sky).sum() < np.abs(128.0 - sky).sum()
+
+    assert demo.legend_entries(np.array([0.5, 0.0, 0.3, 0.2]), ["a", "b", "c", "d"], rows=2) == [
+        (0, "a 50.0%"),
+        (None, "+2 more 50.0%"),
+    ]
+
+
+def test_one_image_to_an_output_file_and_runs_that_reuse_the_predictor(tmp_path, tiny_json, monkeypatch):
+    demo = load_demo_module()
+    predictor = tiny_predictor(tiny_json)
+    model = predictor.model
+    import clearclip_d2.modeling.meta_arch as meta_arch
+
+    monkeypatch.setattr(meta_arch, "build_clip_model", lambda *a, **k: pytest.fail("the model was rebuilt"))
+    image_path = tmp_path / "photo.png"
+    Image.fromarray(random_image(36, 44, seed=5)).save(image_path)
+    parse = demo.get_parser().parse_args
+
+    first = demo.run(parse(["--input", str(image_path), "--output", str(tmp_path / "one.png"), "--vocabulary", "cat; grass",
+                            "--save-masks"]), predictor)  # fmt: skip
+    second = demo.run(parse(["--input", str(image_path), "--output", str(tmp_path / "two"),
+                             "--vocabulary", "cat; dog, puppy; sky; road", "--save-masks"]), predictor)  # fmt: skip
+
+    assert first == [str(tmp_path / "one.png")] and second == [str(tmp_path / "two" / "photo_overlay.png")]
+    assert sorted(os.listdir(tmp_path)) == ["one.png", "one_classes.json", "one_labels.png", "photo.png", "two"]
+    assert list(json.loads((tmp_path / "one_classes.json").read_text())) == ["cat", "grass"]
+    assert list(json.loads((tmp_path / "two" / "photo_classes.json").read_text())) == ["cat", "dog", "sky", "road"]
+    assert predictor.model is model
+
+
+def unreadable_codec_video(tmp_path):
+    """A real AVI whose codec tag no decoder knows."""
+    write_video(tmp_path / "good.avi", [random_image(16, 16, seed=0)] * 2)
+    path = tmp_path / "strange_codec.avi"
+    path.write_bytes((tmp_path / "good.avi").read_bytes().replace(b"MJPG", b"QQQQ"))
+    os.remove(tmp_path / "good.avi")
+    return path
+
+
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("unreadable_codec", "cannot read video"),
+        ("damaged_video", "cannot read video"),
+        ("empty_vocabulary", "--vocabulary is empty"),
+        ("empty_vocabulary_file", "is empty"),
+        ("duplicate_classes", "'Cat' appears twice"),
+        ("output_is_a_file", "is a file, but the results need a folder"),
+        ("file_output_for_two_images", "there are 2 inputs; give a folder"),
+        ("file_output_for_a_video", "there are a video; give a folder"),
+        ("missing_mask_model_config", "/nonexistent/mask_rcnn.yaml does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_before_any_work(tmp_path, tiny_json, monkeypatch, capfd, case, fragment):
+    demo = load_demo_module()
+    import clearclip_d2.engine
+
+    monkeypatch.setattr(clearclip_d2.engine, "ClearCLIPPredictor", lambda *a, **k: pytest.fail("the model was built"))
+    work = tmp_path / "work"
+    work.mkdir()
+    image = work / "a.png"
+    Image.fromarray(random_image(20, 20, seed=0)).save(image)
+    args = ["--input", str(image), "--output", str(tmp_path / "out")]
+    if case == "unreadable_codec":
+        args = ["--input", str(image), str(unreadable_codec_video(work)), "--output", str(tmp_path / "out")]
+    elif case == "damaged_video":
+        (work / "damaged.mp4").write_bytes(os.urandom(2000))
+        args[1] = str(work / "damaged.mp4")
+    elif case == "empty_vocabulary":
+        args += ["--vocabulary", " ; "]
+    elif case == "empty_vocabulary_file":
+        (work / "classes.txt").write_text("\n")
+        args += ["--vocabulary-file", str(work / "classes.txt")]
+    elif case == "duplicate_classes":
+        args += ["--vocabulary", "cat; dog, Cat"]
+    elif case == "output_is_a_file":
+        (tmp_path / "out").write_text("a file")
+    elif case == "file_output_for_two_images":
+        Image.fromarray(random_image(20, 20, seed=1)).save(work / "b.png")
+        args = ["--input", str(work), "--output", str(tmp_path / "out.png")]
+    elif case == "file_output_for_a_video":
+        write_video(work / "clip.avi", [random_image(16, 16, seed=0)] * 2)
+        args = ["--input", str(work / "clip.avi"), "--output", str(tmp_path / "out.png")]
+    options = tiny_opts(tiny_json)
+    if case == "missing_mask_model_config":
+        options += ["MODEL.CLEARCLIP.REFINE", "masks", "MODEL.CLEARCLIP.MASK_MODEL_CONFIG", "/nonexistent/mask_rcnn.yaml"]
+
+    inputs_before = sorted(os.listdir(work))
+
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(["--config-file", CONFIG, *args, "--opts", *options])
+
+    assert exit_info.value.code == 2
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]  # OpenCV writes to fd 2 too
+    assert len(lines) == 1 and lines[0].startswith("demo.py: error:") and fragment in lines[0], lines
+    assert sorted(os.listdir(tmp_path)) == (["out", "work"] if case == "output_is_a_file" else ["work"])
+    assert sorted(os.listdir(work)) == inputs_before  # nothing written beside the inputs either
 
 
 def test_predictor_channels_follow_the_vocabulary(tiny_json):

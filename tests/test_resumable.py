@@ -188,6 +188,7 @@ def test_fingerprint_covers_config_weights_and_dataset(cfg, dataset, tmp_path, t
     )
 
     os.remove(os.path.join(root, "images", "004.jpg"))
+    os.remove(os.path.join(root, "labels", "004.png"))
     assert "dataset: 5 images -> 4 images" in fingerprint_difference(
         base, evaluation_fingerprint(cfg, name, DatasetCatalog.get(name))
     )
@@ -270,7 +271,7 @@ BAD_FILES = {
     "truncated_png_image": (truncated_png_image, "cannot read image"),
     "truncated_png_label": (truncated_png_label, "cannot read label map"),
     "wrong_size_label": (wrong_size_label, "is 41x44 but its image"),
-    "out_of_range_label": (out_of_range_label, "has values 9 outside the classes 0..4"),
+    "out_of_range_label": (out_of_range_label, "1 pixels with values outside 0..4 that are not the ignore label 255 (values 9)"),
 }
 
 

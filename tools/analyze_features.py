@@ -202,7 +202,7 @@ class FeatureEvaluator:
         self.dicts = dicts
         self.original_encoder = model.encoder
         self.results: Dict[Tuple[str, float, float], float] = {}
-        model.use_dataset_vocabulary(dataset_name)
+        model.use_dataset(dataset_name)
 
     def miou(self, attention: str, res_weight: float, attn_weight: float) -> float:
         key = (attention, float(res_weight), float(attn_weight))

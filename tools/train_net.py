@@ -7,6 +7,10 @@ ClearCLIP itself is training-free::
     python tools/train_net.py --eval-only --num-gpus 2 --config-file configs/clearclip_coco.yaml \
         MODEL.CLEARCLIP.PRETRAINED /path/to/open_clip_pytorch_model.bin OUTPUT_DIR output/coco
 
+A Detectron2 head on the frozen ClearCLIP backbone trains as usual::
+
+    python tools/train_net.py --num-gpus 8 --config-file configs/clearclip_backbone_sem_seg_fpn_coco.yaml
+
 ``--num-gpus N`` starts N processes (one per GPU; on a machine without CUDA, N CPU processes
 with the gloo backend). Metrics go to ``OUTPUT_DIR/metrics.json``. Per-image results are kept
 in ``OUTPUT_DIR/eval_shards`` as the evaluation goes: ``--resume-eval`` continues an
@@ -26,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
-from detectron2.data import build_detection_test_loader  # noqa: E402
+from detectron2.data import build_detection_test_loader, build_detection_train_loader  # noqa: E402
 from detectron2.engine import DefaultTrainer, default_argument_parser, launch  # noqa: E402
 from detectron2.evaluation import print_csv_format  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
@@ -36,14 +40,16 @@ from clearclip_d2 import add_clearclip_config  # noqa: E402
 from clearclip_d2.config import check_clearclip_config  # noqa: E402
 from clearclip_d2.data import ClearCLIPDatasetMapper  # noqa: E402
 from clearclip_d2.data.datasets import check_dataset_prepared  # noqa: E402
+from clearclip_d2.data.sem_seg_train import build_sem_seg_train_mapper  # noqa: E402
 from clearclip_d2.evaluation import ClearCLIPSemSegEvaluator  # noqa: E402
 from clearclip_d2.evaluation.resumable import plan_evaluation, run_planned_evaluation  # noqa: E402
+from clearclip_d2.modeling.backbone import check_clearclip_backbone_config  # noqa: E402
 from clearclip_d2.utils import ClearCLIPError, atomic_write_json  # noqa: E402
 from clearclip_d2.utils.cli import EXIT_USER_ERROR, default_setup_atomic, exit_on_user_error, resolve_device  # noqa: E402
 from clearclip_d2.utils.errors import is_user_error, user_message  # noqa: E402
 
 logger = logging.getLogger("clearclip_d2")
-SUMMARY_METRICS = ("mIoU", "fwIoU", "mACC", "pACC")
+SUMMARY_METRICS = ("mIoU", "mIoU-mmseg", "fwIoU", "mACC", "pACC")
 
 
 class Trainer(DefaultTrainer):
@@ -56,6 +62,13 @@ class Trainer(DefaultTrainer):
         return ClearCLIPSemSegEvaluator(
             dataset_name, distributed=True, output_dir=output_folder, skip_bad_images=skip_bad_images
         )
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """A head on the ClearCLIP backbone: images with their label maps, resized, cropped, flipped."""
+        if cfg.MODEL.META_ARCHITECTURE == "SemanticSegmentor":
+            return build_detection_train_loader(cfg, mapper=build_sem_seg_train_mapper(cfg))
+        return super().build_train_loader(cfg)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name, dataset_dicts=None):
@@ -72,8 +85,8 @@ class Trainer(DefaultTrainer):
         per-image results in the output folder (``resume_eval``: skip the images done there)."""
         results = OrderedDict()
         for index, dataset_name in enumerate(cfg.DATASETS.TEST):
-            if hasattr(model, "use_dataset_vocabulary"):
-                model.use_dataset_vocabulary(dataset_name)
+            if hasattr(model, "use_dataset"):  # its classes and background threshold
+                model.use_dataset(dataset_name)
             evaluator = evaluators[index] if evaluators else cls.build_evaluator(cfg, dataset_name, skip_bad_images=skip_bad_images)
             plan = plan_evaluation(cfg, dataset_name, evaluation_output_dir(cfg, dataset_name), resume_eval)
             results[dataset_name] = run_planned_evaluation(
@@ -131,6 +144,13 @@ def check_config(cfg, args):
             raise ClearCLIPError(
                 "ClearCLIP is training-free: there is nothing to train; run with --eval-only to evaluate"
             )
+    if cfg.MODEL.BACKBONE.NAME == "build_clearclip_backbone":
+        check_clearclip_backbone_config(cfg)
+    if not args.eval_only:
+        if not cfg.DATASETS.TRAIN:
+            raise ClearCLIPError("DATASETS.TRAIN is empty: name the datasets to train on")
+        for dataset_name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+            check_dataset_prepared(dataset_name)
     if args.eval_only:
         if not cfg.DATASETS.TEST:
             raise ClearCLIPError("DATASETS.TEST is empty: name the datasets to evaluate")
@@ -146,14 +166,24 @@ def main(args):
         if cfg.MODEL.WEIGHTS:
             DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model, resume_eval=args.resume_eval, skip_bad_images=args.skip_bad_images)
-        if comm.is_main_process():
-            path = os.path.join(cfg.OUTPUT_DIR, "metrics.json")
-            atomic_write_json(path, results)
-            logger.info(f"Wrote {path}")
+        write_metrics(cfg, results)
         return results
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    trainer.train()
+    # DefaultTrainer keeps the evaluation after the last iteration here (returned only with EXPECTED_RESULTS).
+    results = getattr(trainer, "_last_eval_results", None)
+    if results:
+        write_metrics(cfg, results)
+    return results
+
+
+def write_metrics(cfg, results):
+    """``OUTPUT_DIR/metrics.json`` (``{dataset_name: results}``), by the main process."""
+    if comm.is_main_process():
+        path = os.path.join(cfg.OUTPUT_DIR, "metrics.json")
+        atomic_write_json(path, results)
+        logger.info(f"Wrote {path}")
 
 
 def worker_main(args):

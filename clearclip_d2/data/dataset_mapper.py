@@ -8,6 +8,7 @@ import torch
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
+from PIL import Image
 
 from ..utils.errors import ClearCLIPError
 from .transforms import ResizeShortLongEdge
@@ -17,14 +18,29 @@ from .transforms import ResizeShortLongEdge
 BAD_INPUT_KEY = "bad_input"
 
 
+# PIL modes of images with more than 8 bits a channel, which Detectron2's read_image would clip
+# to 0..255 (grayscale and CMYK images are converted to RGB as usual).
+HIGH_BIT_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
 def read_image_or_fail(file_name: str, image_format: str) -> np.ndarray:
-    """Detectron2's ``read_image`` (EXIF orientation applied), HxWx3 uint8, naming the file on failure."""
+    """Detectron2's ``read_image`` (EXIF orientation applied), HxWx3 uint8, naming the file on failure.
+
+    Grayscale, palette and CMYK images are converted to ``image_format``; 16-bit and float
+    images are refused (Detectron2 would clip them).
+    """
     try:
+        with Image.open(file_name) as header:
+            mode = header.mode
         image = utils.read_image(file_name, format=image_format)
     except FileNotFoundError as e:
         raise ClearCLIPError(f"image {file_name} does not exist") from e
     except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
         raise ClearCLIPError(f"cannot read image {file_name}: {type(e).__name__}: {e}") from e
+    if mode in HIGH_BIT_DEPTH_MODES:
+        raise ClearCLIPError(
+            f"image {file_name} has more than 8 bits a channel (PIL mode {mode}); convert it to an 8-bit RGB image"
+        )
     if image.ndim != 3 or image.shape[2] != 3:
         raise ClearCLIPError(f"image {file_name} has shape {image.shape}, expected H x W x 3")
     return image

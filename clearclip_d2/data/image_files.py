@@ -1,4 +1,4 @@
-"""Image paths from the command line: files, globs and folders."""
+"""Image (and video) paths from the command line: files, globs and folders."""
 
 import glob
 import os
@@ -7,30 +7,34 @@ from typing import List, Sequence
 from ..utils.errors import ClearCLIPError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 
 
-def _is_image(path: str) -> bool:
-    return os.path.isfile(path) and path.lower().endswith(IMAGE_EXTENSIONS)
+def expand_inputs(patterns: Sequence[str], videos: bool = False) -> List[str]:
+    """Image paths (and, with ``videos``, video paths) from files, globs and folders (folders:
+    their images/videos, sorted; not recursive).
 
-
-def expand_inputs(patterns: Sequence[str]) -> List[str]:
-    """Image paths from files, globs and folders (folders: their images, sorted; not recursive).
-
-    Duplicates are dropped; a folder or glob without images, or a missing path, is refused.
+    Duplicates are dropped; a folder or glob without any, or a missing path, is refused.
     """
+    extensions = IMAGE_EXTENSIONS + (VIDEO_EXTENSIONS if videos else ())
+    noun = "images or videos" if videos else "images"
+    kinds = f"images ({', '.join(IMAGE_EXTENSIONS)})" + (f" or videos ({', '.join(VIDEO_EXTENSIONS)})" if videos else "")
+
+    def wanted(path: str) -> bool:
+        return os.path.isfile(path) and path.lower().endswith(extensions)
+
     paths: List[str] = []
     for pattern in patterns:
         if os.path.isdir(pattern):
-            found = sorted(os.path.join(pattern, name) for name in os.listdir(pattern))
-            found = [path for path in found if _is_image(path)]
+            found = [path for path in sorted(os.path.join(pattern, name) for name in os.listdir(pattern)) if wanted(path)]
             if not found:
-                raise ClearCLIPError(f"input folder {pattern} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+                raise ClearCLIPError(f"input folder {pattern} holds no {kinds}")
         elif os.path.isfile(pattern):
             found = [pattern]
         elif glob.has_magic(pattern):
-            found = [path for path in sorted(glob.glob(os.path.expanduser(pattern), recursive=True)) if _is_image(path)]
+            found = [path for path in sorted(glob.glob(os.path.expanduser(pattern), recursive=True)) if wanted(path)]
             if not found:
-                raise ClearCLIPError(f"input pattern {pattern!r} matches no images")
+                raise ClearCLIPError(f"input pattern {pattern!r} matches no {noun}")
         else:
             raise ClearCLIPError(f"input {pattern} does not exist")
         paths.extend(found)

@@ -62,6 +62,8 @@ def check_label_map(
         image_size: (height, width) of the prediction, i.e. of the original image.
         num_classes: valid labels are ``0 .. num_classes - 1`` and ``ignore_label``.
     """
+    if label.ndim != 2:
+        raise ClearCLIPError(f"label map {label_file} has shape {label.shape}; expected a single-channel label map")
     if tuple(label.shape) != tuple(image_size):
         raise ClearCLIPError(
             f"label map {label_file} is {_size(label.shape)} but its image {image_file} is "
@@ -69,10 +71,10 @@ def check_label_map(
         )
     bad = (label < 0) | ((label >= num_classes) & (label != ignore_label))
     if bad.any():
-        values = some_values(np.unique(label[bad]), 5)
         raise ClearCLIPError(
-            f"label map {label_file} has values {values} outside the classes 0..{num_classes - 1} "
-            f"(ignore label {ignore_label}); check the dataset's preparation, stuff_classes and ignore_label"
+            f"label map {label_file} has {int(bad.sum())} pixels with values outside 0..{num_classes - 1} that are "
+            f"not the ignore label {ignore_label} (values {some_values(np.unique(label[bad]), 10)}); prepare the "
+            "dataset again with its datasets/prepare_*.py script, or check its stuff_classes and ignore_label"
         )
 
 

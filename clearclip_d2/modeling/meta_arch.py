@@ -10,12 +10,14 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
+from ..constants import PROB_THRESHOLD_FROM_DATASET
 from ..data.vocabulary import Vocabulary, load_vocabulary_file, vocabulary_from_names
 from ..utils.errors import ClearCLIPError
 from .clip_loading import build_clip_model
 from .precision import check_precision, with_precision
 from .dense_encoder import DenseCLIPEncoder
 from .class_chunks import CONFIDENCE_KEY, LABELS_KEY, chunked_labels, use_class_chunks
+from .refinement import build_refiner
 from .slide_inference import (
     average_window_logits,
     encode_whole_image,
@@ -31,13 +33,27 @@ logger = logging.getLogger(__name__)
 
 
 def vocabulary_of_dataset(dataset_name: str) -> Vocabulary:
-    """The vocabulary of a registered dataset: its ``stuff_classes`` (commas separate synonyms)."""
-    classes = MetadataCatalog.get(dataset_name).get("stuff_classes")
+    """The vocabulary of a registered dataset: its ``clearclip_classes`` (the reference class list,
+    set by ClearCLIP's registrations), else its ``stuff_classes``; commas separate synonyms."""
+    meta = MetadataCatalog.get(dataset_name)
+    key = "clearclip_classes" if meta.get("clearclip_classes") else "stuff_classes"
+    classes = meta.get(key)
     if not classes:
         raise ClearCLIPError(
             f"dataset {dataset_name!r} has no stuff_classes in its metadata; set MODEL.CLEARCLIP.CLASS_NAMES_FILE"
         )
-    return vocabulary_from_names(classes, source=f"stuff_classes of {dataset_name}")
+    return vocabulary_from_names(classes, source=f"{key} of {dataset_name}")
+
+
+def prob_threshold_of_dataset(dataset_name: str) -> float:
+    """The background threshold recorded for a dataset (``clearclip_prob_threshold``), else 0."""
+    return float(MetadataCatalog.get(dataset_name).get("clearclip_prob_threshold", 0.0))
+
+
+def prob_threshold_from_config(cfg) -> Optional[float]:
+    """``PROB_THRESHOLD`` if given; None for "the test dataset's" (``PROB_THRESHOLD_FROM_DATASET``)."""
+    threshold = float(cfg.MODEL.CLEARCLIP.PROB_THRESHOLD)
+    return None if threshold == PROB_THRESHOLD_FROM_DATASET else threshold
 
 
 def vocabulary_from_config(cfg) -> Optional[Vocabulary]:
@@ -73,7 +89,7 @@ class ClearCLIPSegmentor(nn.Module):
         vocabulary: Optional[Vocabulary],
         prompt_templates: Sequence[str],
         logit_scale: float,
-        prob_threshold: float,
+        prob_threshold: Optional[float],
         slide_crop: int,
         slide_stride: int,
         window_batch: int,
@@ -86,6 +102,8 @@ class ClearCLIPSegmentor(nn.Module):
         max_dense_elements: int = 2**28,
         text_cache: Optional[TextEmbeddingCache] = None,
         precision: str = "fp32",
+        dataset_name: Optional[str] = None,
+        refiner: Optional[nn.Module] = None,
     ):
         """
         Args:
@@ -94,7 +112,8 @@ class ClearCLIPSegmentor(nn.Module):
             vocabulary: classes to segment; can be changed with :meth:`set_vocabulary`.
             prompt_templates: templates with ``{}`` for the class name.
             logit_scale: multiplies the cosine similarities before the softmax.
-            prob_threshold: background threshold on the highest class probability.
+            prob_threshold: background threshold on the highest class probability; None = each
+                dataset's ``clearclip_prob_threshold`` (see :meth:`use_dataset`), 0 until one is used.
             slide_crop, slide_stride: sliding window size and step in pixels; crop 0 = whole image.
             window_batch: windows per encoder batch.
             pixel_mean, pixel_std: per channel, in ``input_format`` order, 0-255 scale.
@@ -104,6 +123,9 @@ class ClearCLIPSegmentor(nn.Module):
             max_dense_elements: largest queries x height x width returned as ``sem_seg``.
             text_cache: disk cache of the text embeddings (None = memory only).
             precision: image-encoder precision, "fp32", "fp16" (CUDA) or "bf16" (:mod:`.precision`).
+            dataset_name: the dataset evaluated first, whose threshold applies if ``prob_threshold`` is None.
+            refiner: ``refiner(probs [K, H, W], image) -> [K, H, W]`` applied before the
+                background threshold (``MODEL.CLEARCLIP.REFINE``, see :mod:`.refinement`).
         """
         super().__init__()
         check_templates(prompt_templates)
@@ -123,7 +145,8 @@ class ClearCLIPSegmentor(nn.Module):
         self.encoder = encoder
         self.prompt_templates = list(prompt_templates)
         self.logit_scale = float(logit_scale)
-        self.prob_threshold = float(prob_threshold)
+        self.threshold_from_dataset = prob_threshold is None
+        self.prob_threshold = 0.0 if prob_threshold is None else float(prob_threshold)
         self.slide_crop = int(slide_crop)
         self.slide_stride = int(slide_stride)
         self.window_batch = int(window_batch)
@@ -137,6 +160,7 @@ class ClearCLIPSegmentor(nn.Module):
         self.precision = precision
         # True: the authors' way (one window at a time, last block twice), for benchmarks only.
         self.reference_style = False
+        self.refiner = refiner
         rgb = (lambda v: list(v)[::-1]) if input_format == "BGR" else list
         self.register_buffer("pixel_mean", torch.tensor(rgb(pixel_mean), dtype=torch.float32).view(3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(rgb(pixel_std), dtype=torch.float32).view(3, 1, 1), False)
@@ -144,6 +168,8 @@ class ClearCLIPSegmentor(nn.Module):
         self._text_embeddings: Dict[tuple, torch.Tensor] = {}
         if vocabulary is not None:
             self.set_vocabulary(vocabulary)
+        if self.threshold_from_dataset and dataset_name:
+            self.prob_threshold = prob_threshold_of_dataset(dataset_name)
 
     @classmethod
     def from_config(cls, cfg):
@@ -162,7 +188,7 @@ class ClearCLIPSegmentor(nn.Module):
             "vocabulary": vocabulary_from_config(cfg),
             "prompt_templates": list(cc.PROMPT_TEMPLATES),
             "logit_scale": cc.LOGIT_SCALE,
-            "prob_threshold": cc.PROB_THRESHOLD,
+            "prob_threshold": prob_threshold_from_config(cfg),
             "slide_crop": cc.SLIDE_CROP,
             "slide_stride": cc.SLIDE_STRIDE,
             "window_batch": cc.WINDOW_BATCH,
@@ -175,6 +201,8 @@ class ClearCLIPSegmentor(nn.Module):
             "max_dense_elements": cc.MAX_DENSE_ELEMENTS,
             "text_cache": TextEmbeddingCache.from_config(cfg, arch),
             "precision": cc.PRECISION,
+            "dataset_name": cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None,
+            "refiner": build_refiner(cfg),
         }
 
     @property
@@ -194,6 +222,13 @@ class ClearCLIPSegmentor(nn.Module):
         """Switch to a dataset's classes, unless a fixed ``CLASS_NAMES_FILE`` was configured."""
         if not self.fixed_vocabulary:
             self.set_vocabulary(vocabulary_of_dataset(dataset_name))
+
+    def use_dataset(self, dataset_name: str) -> None:
+        """Switch to a dataset's classes (see :meth:`use_dataset_vocabulary`) and, unless
+        ``PROB_THRESHOLD`` was given, to its background threshold."""
+        self.use_dataset_vocabulary(dataset_name)
+        if self.threshold_from_dataset:
+            self.prob_threshold = prob_threshold_of_dataset(dataset_name)
 
     def text_embeddings(self) -> torch.Tensor:
         """[Q, D] unit text embeddings of the current vocabulary's queries."""
@@ -237,8 +272,8 @@ class ClearCLIPSegmentor(nn.Module):
         out_sizes = [(int(x.get("height", img.shape[-2])), int(x.get("width", img.shape[-1]))) for x, img in zip(batched_inputs, images)]
         query_to_class = torch.as_tensor(self.vocabulary.query_to_class, device=self.device)
         return [
-            self.predict_image(chunk_logits, text, size, query_to_class)
-            for chunk_logits, size in zip(self.encode_images(images), out_sizes)
+            self.predict_image(chunk_logits, text, size, query_to_class, x["image"])
+            for chunk_logits, size, x in zip(self.encode_images(images), out_sizes, batched_inputs)
         ]
 
     def encode_images(self, images: List[torch.Tensor]) -> List[Callable[[torch.Tensor], torch.Tensor]]:
@@ -264,13 +299,24 @@ class ClearCLIPSegmentor(nn.Module):
         text: torch.Tensor,
         out_size: Tuple[int, int],
         query_to_class: torch.Tensor,
+        image: torch.Tensor,
     ) -> Dict[str, torch.Tensor]:
-        """``{"sem_seg": [K, H, W]}`` probabilities, or the chunked labels when that is too large."""
+        """``{"sem_seg": [K, H, W]}`` probabilities, or the chunked labels when that is too large.
+
+        ``image`` is the input's [3, h, w] uint8 image, which the refiner (if any) looks at.
+        """
         if not use_class_chunks(len(text), out_size, self.max_dense_elements):
             probs = logits_to_probabilities(
-                chunk_logits(text), out_size, self.logit_scale, query_to_class, len(self.vocabulary), self.prob_threshold
+                chunk_logits(text), out_size, self.logit_scale, query_to_class, len(self.vocabulary), self.prob_threshold,
+                refine=partial(self.refiner, image=image) if self.refiner is not None else None,
             )
             return {"sem_seg": probs}
+        if self.refiner is not None:
+            raise ClearCLIPError(
+                f"MODEL.CLEARCLIP.REFINE needs the whole probability map, but {len(text)} queries x "
+                f"{out_size[0]}x{out_size[1]} pixels exceed MODEL.CLEARCLIP.MAX_DENSE_ELEMENTS "
+                f"{self.max_dense_elements}: raise MAX_DENSE_ELEMENTS or set REFINE none"
+            )
         labels, confidence = chunked_labels(
             chunk_logits, text, out_size, self.logit_scale, query_to_class, self.prob_threshold, self.class_chunk
         )

@@ -15,7 +15,7 @@ text queries, so a large vocabulary can be compared with them chunk by chunk
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -184,6 +184,7 @@ def logits_to_probabilities(
     query_to_class: torch.Tensor,
     num_classes: int,
     prob_threshold: float,
+    refine: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> torch.Tensor:
     """Per-class probabilities at the output size, with the background threshold applied.
 
@@ -194,6 +195,8 @@ def logits_to_probabilities(
         prob_threshold: where the highest class probability is below it, the background
             channel (class 0) is raised to the threshold so that argmax gives class 0; all
             other values are the reference's probabilities.
+        refine: optional [K, H, W] -> [K, H, W] refinement of the probabilities, applied
+            before the threshold (``MODEL.CLEARCLIP.REFINE``).
     Returns:
         [num_classes, *out_size] float32: ``softmax(logit_scale * logits)`` over queries,
         max over the synonyms of each class.
@@ -206,6 +209,8 @@ def logits_to_probabilities(
         probs = probs.new_zeros((num_classes,) + tuple(probs.shape[1:])).scatter_reduce_(
             0, index, probs, reduce="amax", include_self=False
         )
+    if refine is not None:
+        probs = refine(probs)
     if prob_threshold > 0:
         below = probs.max(dim=0).values < prob_threshold
         probs[0] = torch.where(below, torch.full_like(probs[0], prob_threshold), probs[0])

@@ -10,23 +10,25 @@ made from the official stuffthingmaps by ``datasets/prepare_coco_stuff.py``.
 
 import os
 
-from ...constants import class_names_file
-from .common import class_entries, datasets_root, register_sem_seg_dataset
-
-PREPARE_COMMAND = "python datasets/prepare_coco_stuff.py"
+from ..benchmarks import get_benchmark
+from .common import class_entries, datasets_root, register_benchmark, register_sem_seg_dataset
 
 
 def register_coco_stuff(root: str) -> None:
-    classes = class_entries(class_names_file("coco_stuff"))
-    for split in ("train2017", "val2017"):
-        register_sem_seg_dataset(
-            f"coco_2017_{split[:-4]}_stuff_sem_seg",
-            image_root=os.path.join(root, "coco", split),
-            sem_seg_root=os.path.join(root, "coco", "stuffthingmaps_detectron2", split),
-            stuff_classes=classes,
-            prepare_command=PREPARE_COMMAND,
-            clearclip_prob_threshold=0.0,
-        )
+    register_benchmark(
+        "coco_stuff",
+        image_root=os.path.join(root, "coco", "val2017"),
+        sem_seg_root=os.path.join(root, "coco", "stuffthingmaps_detectron2", "val2017"),
+    )
+    benchmark = get_benchmark("coco_stuff")
+    register_sem_seg_dataset(
+        "coco_2017_train_stuff_sem_seg",
+        image_root=os.path.join(root, "coco", "train2017"),
+        sem_seg_root=os.path.join(root, "coco", "stuffthingmaps_detectron2", "train2017"),
+        stuff_classes=class_entries(benchmark.class_names_file),
+        prepare_command=benchmark.prepare_command,
+        clearclip_prob_threshold=benchmark.prob_threshold,
+    )
 
 
 register_coco_stuff(datasets_root())

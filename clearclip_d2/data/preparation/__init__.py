@@ -1,0 +1,5 @@
+"""Converting the official benchmark downloads for the registered datasets (``datasets/prepare_*.py``).
+
+:mod:`.plumbing`: reading, atomic and idempotent writing, the worker pool and the command line;
+:mod:`.label_maps`: the label mappings of each benchmark.
+"""

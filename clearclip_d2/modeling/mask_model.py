@@ -1,0 +1,244 @@
+"""Class-agnostic masks from any Detectron2 model, for ``MODEL.CLEARCLIP.REFINE masks``.
+
+The mask model is given by its own config (``MASK_MODEL_CONFIG``: a YAML file, or a name in
+Detectron2's model zoo such as ``COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml``) and
+weights (``MASK_MODEL_WEIGHTS``). Its classes are ignored; only its masks are used:
+
+* ``panoptic_seg`` (Panoptic FPN, Panoptic-DeepLab, Mask2Former): every segment;
+* else ``instances`` with ``pred_masks`` (Mask R-CNN, PointRend, ...): every instance;
+* else ``sem_seg``: the region of every predicted class.
+
+Masks with a score below ``MASK_MIN_SCORE`` are dropped (panoptic stuff segments and semantic
+regions have no score and count as 1).
+"""
+
+import importlib
+import logging
+import os
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..utils.errors import ClearCLIPError
+from .refinement import refine_with_masks
+
+logger = logging.getLogger(__name__)
+
+RANDOM_WEIGHTS = "random"
+EXAMPLE_ZOO_CONFIG = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"
+
+
+def model_zoo_config_dir() -> str:
+    """The folder of Detectron2's model-zoo configs (found without importing
+    ``detectron2.model_zoo``, which needs ``pkg_resources``)."""
+    import detectron2
+
+    return os.path.join(os.path.dirname(os.path.abspath(detectron2.__file__)), "model_zoo", "configs")
+
+
+def resolve_mask_model_config(path: str) -> str:
+    """A config file path, or a model-zoo config name turned into its file."""
+    key = "MODEL.CLEARCLIP.MASK_MODEL_CONFIG"
+    if not path:
+        raise ClearCLIPError(f"REFINE masks needs {key}: a Detectron2 config file or a model-zoo name such as {EXAMPLE_ZOO_CONFIG}")
+    if path.endswith(".py"):
+        raise ClearCLIPError(f"{key} {path}: LazyConfig (.py) files are not supported; give a YAML config")
+    if os.path.isfile(path):
+        return path
+    zoo_path = os.path.join(model_zoo_config_dir(), path)
+    if os.path.isfile(zoo_path):
+        return zoo_path
+    raise ClearCLIPError(
+        f"{key} {path} does not exist (neither a file nor a Detectron2 model-zoo config such as {EXAMPLE_ZOO_CONFIG})"
+    )
+
+
+def call_config_hook(hook: str, cfg) -> None:
+    """``MASK_MODEL_ADD_CONFIG`` ``"package.module:function"``: import it (which also registers the
+    project's models) and call ``function(cfg)`` to add the project's config keys."""
+    module_name, _, function_name = hook.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ClearCLIPError(
+            f"MODEL.CLEARCLIP.MASK_MODEL_ADD_CONFIG {hook!r}: cannot import it ({e}); give 'package.module:function', "
+            "e.g. 'mask2former:add_maskformer2_config'"
+        ) from e
+    function(cfg)
+
+
+def load_mask_model_config(config: str, weights: str, device: str = "cpu", add_config: str = ""):
+    """The mask model's Detectron2 config (frozen), with the weights to load in ``MODEL.WEIGHTS``
+    ("" = random weights). Everything is checked; nothing is built."""
+    from detectron2.config import get_cfg
+    from detectron2.modeling import META_ARCH_REGISTRY
+
+    path = resolve_mask_model_config(config)
+    cfg = get_cfg()
+    if add_config:
+        call_config_hook(add_config, cfg)
+    try:
+        cfg.merge_from_file(path)
+    except (KeyError, ValueError, AssertionError, TypeError, OSError) as e:
+        raise ClearCLIPError(
+            f"bad MODEL.CLEARCLIP.MASK_MODEL_CONFIG {path}: {e} (keys of another project need "
+            "MODEL.CLEARCLIP.MASK_MODEL_ADD_CONFIG)"
+        ) from e
+    meta_arch = cfg.MODEL.META_ARCHITECTURE
+    if meta_arch == "ClearCLIPSegmentor":
+        raise ClearCLIPError(f"MODEL.CLEARCLIP.MASK_MODEL_CONFIG {path} is a ClearCLIP config; give a model that predicts masks")
+    if meta_arch not in META_ARCH_REGISTRY:
+        raise ClearCLIPError(
+            f"mask model {path}: META_ARCHITECTURE {meta_arch!r} is not registered; import its project "
+            "(MODEL.CLEARCLIP.MASK_MODEL_ADD_CONFIG does it)"
+        )
+    if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
+        raise ClearCLIPError(f"mask model {path}: INPUT.FORMAT {cfg.INPUT.FORMAT!r} is not supported (RGB or BGR)")
+    cfg.MODEL.WEIGHTS = resolve_mask_model_weights(weights, cfg.MODEL.WEIGHTS, path)
+    cfg.MODEL.DEVICE = device
+    cfg.freeze()
+    return cfg
+
+
+def resolve_mask_model_weights(weights: str, config_weights: str, config_path: str) -> str:
+    """``MASK_MODEL_WEIGHTS``: a file or URL; ``""`` = the mask config's ``MODEL.WEIGHTS``;
+    ``"random"`` = no weights (tests). Returns what to load ("" = nothing)."""
+    key = "MODEL.CLEARCLIP.MASK_MODEL_WEIGHTS"
+    if weights == RANDOM_WEIGHTS:
+        return ""
+    if not weights:
+        if not config_weights or "ImageNetPretrained" in config_weights:
+            raise ClearCLIPError(
+                f"mask model {config_path} has no trained weights (its MODEL.WEIGHTS is {config_weights!r}); set {key} "
+                "to a checkpoint (file or detectron2:// URL), or 'random' for an untrained model"
+            )
+        weights = config_weights
+    if "://" not in weights and not os.path.isfile(weights):
+        raise ClearCLIPError(f"{key} {weights} does not exist; give the mask model's checkpoint file or URL")
+    return weights
+
+
+def build_mask_model(mask_cfg) -> nn.Module:
+    """Build the mask model of a config from :func:`load_mask_model_config`, load its weights, eval mode."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    model = build_model(mask_cfg)
+    if mask_cfg.MODEL.WEIGHTS:
+        try:
+            DetectionCheckpointer(model).load(mask_cfg.MODEL.WEIGHTS)
+        except Exception as e:  # fvcore raises AssertionError / OSError / pickle errors alike
+            raise ClearCLIPError(
+                f"cannot load the mask model weights {mask_cfg.MODEL.WEIGHTS}: {type(e).__name__}: {e}"
+            ) from e
+    else:
+        logger.warning("The mask model has random weights (MASK_MODEL_WEIGHTS 'random'): its masks are meaningless")
+    return model.eval()
+
+
+def class_agnostic_masks(output: Dict, min_score: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Masks of one Detectron2 output dict: ([M, H, W] bool, [M] float scores), low scores dropped."""
+    if "panoptic_seg" in output:
+        masks, scores = _panoptic_masks(*output["panoptic_seg"])
+    elif "instances" in output:
+        instances = output["instances"]
+        if not instances.has("pred_masks"):
+            raise ClearCLIPError(
+                "the mask model predicts boxes without masks; choose an instance or panoptic segmentation model"
+            )
+        masks = instances.pred_masks
+        masks = masks if masks.dtype == torch.bool else masks > 0.5
+        scores = instances.scores.float() if instances.has("scores") else torch.ones(len(masks), device=masks.device)
+    elif "sem_seg" in output:
+        labels = output["sem_seg"].argmax(dim=0)
+        masks = labels[None] == labels.unique()[:, None, None]
+        scores = torch.ones(len(masks), device=masks.device)
+    else:
+        raise ClearCLIPError(
+            f"the mask model's output has none of panoptic_seg, instances, sem_seg (got {', '.join(output)})"
+        )
+    keep = scores >= min_score
+    return masks[keep], scores[keep]
+
+
+def _panoptic_masks(segments: torch.Tensor, segments_info: Optional[list]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Detectron2's panoptic format: ids with ``segments_info`` (id 0 = no segment), or, when
+    it is None, every value except -1 is a segment."""
+    if segments_info is None:
+        ids = [int(i) for i in segments.unique() if int(i) != -1]
+        scores = [1.0] * len(ids)
+    else:
+        ids = [int(info["id"]) for info in segments_info]
+        scores = [float(info.get("score", 1.0)) for info in segments_info]
+    ids_tensor = torch.tensor(ids, dtype=segments.dtype, device=segments.device)
+    masks = segments[None] == ids_tensor.view(-1, 1, 1)
+    return masks, torch.tensor(scores, device=segments.device)
+
+
+class MaskModelRefiner(nn.Module):
+    """``REFINE masks``: run the mask model on the image, average ClearCLIP's probabilities in its masks.
+
+    The mask model gets the image ClearCLIP saw (resized to ``INPUT.MIN_SIZE_TEST``), resized
+    again with its own test size (``ResizeShortestEdge`` of its config, as Detectron2's
+    ``DefaultPredictor`` does) and in its own channel order; it predicts at the output size.
+    """
+
+    def __init__(self, model: nn.Module, model_format: str, min_size: int, max_size: int, input_format: str, min_score: float):
+        super().__init__()
+        from detectron2.data import transforms as T
+
+        self.model = model
+        self.model_format = model_format
+        self.input_format = input_format
+        self.min_score = float(min_score)
+        self.resize = T.ResizeShortestEdge([min_size, min_size], max_size) if min_size > 0 else None
+
+    @classmethod
+    def from_clearclip_config(cls, cfg) -> "MaskModelRefiner":
+        cc = cfg.MODEL.CLEARCLIP
+        check_min_score(cc.MASK_MIN_SCORE)
+        mask_cfg = load_mask_model_config(cc.MASK_MODEL_CONFIG, cc.MASK_MODEL_WEIGHTS, cfg.MODEL.DEVICE, cc.MASK_MODEL_ADD_CONFIG)
+        return cls(
+            build_mask_model(mask_cfg),
+            mask_cfg.INPUT.FORMAT,
+            mask_cfg.INPUT.MIN_SIZE_TEST,
+            mask_cfg.INPUT.MAX_SIZE_TEST,
+            cfg.INPUT.FORMAT,
+            cc.MASK_MIN_SCORE,
+        )
+
+    def predict_masks(self, image: torch.Tensor, out_size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """image uint8 [3, h, w] in ClearCLIP's ``INPUT.FORMAT`` -> ([M, *out_size] bool, [M] scores)."""
+        array = image.permute(1, 2, 0).cpu().numpy()
+        if self.model_format != self.input_format:
+            array = array[:, :, ::-1]
+        if self.resize is not None:
+            array = self.resize.get_transform(array).apply_image(array)
+        tensor = torch.as_tensor(np.ascontiguousarray(array.transpose(2, 0, 1)))
+        output = self.model([{"image": tensor, "height": out_size[0], "width": out_size[1]}])[0]
+        masks, scores = class_agnostic_masks(output, self.min_score)
+        if tuple(masks.shape[-2:]) != tuple(out_size):
+            raise ClearCLIPError(
+                f"the mask model predicted {tuple(masks.shape[-2:])} masks for an output of {tuple(out_size)}; "
+                "it must honour the input's height/width"
+            )
+        return masks, scores
+
+    def forward(self, probs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """probs [K, H, W]; image uint8 [3, h, w] -> [K, H, W] averaged inside the masks."""
+        masks, scores = self.predict_masks(image, tuple(probs.shape[-2:]))
+        return refine_with_masks(probs, masks, scores)
+
+
+def check_min_score(min_score: float) -> None:
+    if not 0.0 <= float(min_score) <= 1.0:
+        raise ClearCLIPError(f"MODEL.CLEARCLIP.MASK_MIN_SCORE {min_score} must be in [0, 1]")
+
+
+def check_mask_model_config(cfg) -> None:
+    """Check the ``REFINE masks`` keys (config file, project hook, weights) without building anything."""
+    cc = cfg.MODEL.CLEARCLIP
+    check_min_score(cc.MASK_MIN_SCORE)
+    load_mask_model_config(cc.MASK_MODEL_CONFIG, cc.MASK_MODEL_WEIGHTS, cfg.MODEL.DEVICE, cc.MASK_MODEL_ADD_CONFIG)

@@ -1,0 +1,63 @@
+#!/usr/bin/env python
+"""Make the PASCAL Context 59-, 60- and 459-class label maps from the official ``.mat`` files.
+
+Input under ``$DETECTRON2_DATASETS``, from ``VOCtrainval_03-May-2010.tar`` (unpacked into the
+root) and PASCAL-Context's ``trainval.tar.gz`` (unpacked into ``VOCdevkit/VOC2010``)::
+
+    VOCdevkit/VOC2010/JPEGImages/*.jpg
+    VOCdevkit/VOC2010/ImageSets/Main/val.txt     # VOC2010 val: the 5,105 PASCAL Context val images
+    VOCdevkit/VOC2010/trainval/<id>.mat          # LabelMap: 0 = unlabeled, 1..459 (ids of labels.txt)
+    VOCdevkit/VOC2010/labels.txt                 # "<id>: <name>" for the 459 labels
+
+Output, read by ``pascal_context_{59,60,459}_val``::
+
+    VOCdevkit/VOC2010/annotations_detectron2/pc59_val/<id>.png    # 0..58; other labels, unlabeled 255
+    VOCdevkit/VOC2010/annotations_detectron2/pc60_val/<id>.png    # 1..59; other labels, unlabeled 0
+    VOCdevkit/VOC2010/annotations_detectron2/pc459_val/<id>.tif   # uint16 0..458; unlabeled 65535
+    VOCdevkit/VOC2010/annotations_detectron2/pascal_context_val.txt   # the ids, written last
+
+The 59 classes are found in labels.txt by the names of the bundled class list
+(``clearclip_d2/resources/class_names/context59.txt``), in that order. Usage::
+
+    python datasets/prepare_pascal_context.py [--root DIR] [--variants 59 60 459] [--workers N] [--force]
+"""
+
+import os
+import sys
+from typing import Optional, Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from clearclip_d2.data.preparation import converters, plumbing  # noqa: E402
+from clearclip_d2.utils.cli import exit_on_user_error  # noqa: E402
+
+PROGRAM = "prepare_pascal_context.py"
+VARIANTS = tuple(converters.CONTEXT_VARIANTS)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = plumbing.preparation_parser(
+        PROGRAM,
+        "Make the label maps of pascal_context_59_val, pascal_context_60_val and pascal_context_459_val "
+        "from PASCAL-Context's trainval .mat files.",
+        "VOCdevkit/VOC2010/",
+    )
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                        help="class sets to make (default: all three)")
+    args = parser.parse_args(argv)
+    with exit_on_user_error(PROGRAM):
+        variants = list(dict.fromkeys(args.variants))
+        subset_ids = converters.context59_subset_ids(args.root)
+        ids, without_label = converters.context_val_ids(args.root)
+        if without_label:
+            print(f"skipping {len(without_label)} val images without a trainval/<id>.mat: "
+                  f"{', '.join(without_label[:5])}{', ...' if len(without_label) > 5 else ''}", flush=True)
+        out = os.path.join(args.root, converters.CONTEXT_OUTPUT_DIR)
+        destinations = ", ".join(os.path.join(out, converters.CONTEXT_VARIANTS[v]) for v in variants)
+        plumbing.convert_and_report("val", converters.context_tasks(args.root, ids, variants),
+                                    converters.ContextConversion(variants, subset_ids), destinations, args)
+        converters.write_context_image_list(args.root, ids, args.force)
+
+
+if __name__ == "__main__":
+    main()
