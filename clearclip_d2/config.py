@@ -5,6 +5,7 @@ from typing import Sequence
 from detectron2.config import CfgNode as CN
 
 from . import constants
+from .modeling.text_cache import default_text_cache_dir
 from .modeling import refinement
 
 
@@ -51,6 +52,12 @@ def add_clearclip_config(cfg: CN) -> None:
     # Expected SHA-256 (hex) of the PRETRAINED checkpoint file; a file with another hash is
     # refused ("" = not checked).
     cfg.MODEL.CLEARCLIP.PRETRAINED_SHA256 = ""
+    # Folder of the text-embedding cache, one file per (model, weights, templates, queries);
+    # "" = no disk cache (embeddings kept in memory only). See modeling/text_cache.py.
+    cfg.MODEL.CLEARCLIP.CACHE_DIR = default_text_cache_dir()
+    # Image-encoder precision: "fp32", "fp16" (CUDA only) or "bf16", the half precisions through
+    # torch.autocast; similarities, upsampling and softmax stay fp32. See modeling/precision.py.
+    cfg.MODEL.CLEARCLIP.PRECISION = "fp32"
     # Prompts per text-encoder batch when embedding the vocabulary.
     cfg.MODEL.CLEARCLIP.TEXT_BATCH_SIZE = 256
     # Prompt templates, "{}" stands for the class name (default: the 80 OpenAI ImageNet templates).
@@ -122,6 +129,7 @@ def check_clearclip_config(cfg: CN) -> None:
     from .data.vocabulary import load_vocabulary_file
     from .modeling.clip_loading import check_pretrained, resolve_architecture
     from .modeling.decomposition import get_attention_variant
+    from .modeling.precision import check_precision
     from .modeling.text_classifier import check_templates
     from .utils.errors import ClearCLIPError
 
@@ -129,6 +137,7 @@ def check_clearclip_config(cfg: CN) -> None:
     get_attention_variant(cc.ATTENTION, cc.NACLIP_GAUSSIAN_STD)
     check_pretrained(resolve_architecture(cc.MODEL_NAME), cc.PRETRAINED)
     check_templates(cc.PROMPT_TEMPLATES)
+    check_precision(cc.PRECISION, cfg.MODEL.DEVICE)
     if cc.CLASS_NAMES_FILE:
         load_vocabulary_file(cc.CLASS_NAMES_FILE)
     if not (0.0 <= cc.PROB_THRESHOLD <= 1.0 or cc.PROB_THRESHOLD == constants.PROB_THRESHOLD_FROM_DATASET):

@@ -6,12 +6,17 @@ Every test builds what it needs here: no weights or datasets are downloaded.
 import json
 import os
 import sys
+import tempfile
 
 import pytest
 import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO_ROOT, "tests"))
+
+# The tests (and the tools they start as subprocesses) never write the user's text-embedding
+# cache: the default MODEL.CLEARCLIP.CACHE_DIR points at a folder of this test run.
+os.environ["CLEARCLIP_D2_CACHE_DIR"] = tempfile.mkdtemp(prefix="clearclip_d2_test_cache_")
 
 # Width 64, 2 layers, patch 16 on a 224 training size: the geometry of ViT-B/16 (14 x 14
 # pretrained grid, positional-embedding interpolation for 448 crops) at a tiny cost.
@@ -20,6 +25,11 @@ TINY_VIT = {
     "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
+# Tolerance for un-normalised O(1) patch features against open_clip's own blocks: the plugin
+# runs blocks 1..L-1 with fused attention (scaled_dot_product_attention), open_clip's CPU path
+# with bmm + softmax + bmm; their float sums differ by up to ~3e-5 after the tiny model's
+# scaled-up attention weights (a wrong computation differs by > 1e-3). Probabilities keep 1e-4.
+FEATURE_ATOL = 5e-5
 # Few templates keep text embedding fast; the production default (80 templates) is tested on its own.
 FEW_TEMPLATES = ["a photo of a {}.", "a bad photo of the {}.", "a sculpture of a {}."]
 
@@ -89,6 +99,7 @@ def tiny_cfg(model_files, **overrides):
     cfg.MODEL.CLEARCLIP.MODEL_NAME = model_json
     cfg.MODEL.CLEARCLIP.PRETRAINED = checkpoint
     cfg.MODEL.CLEARCLIP.PROMPT_TEMPLATES = list(FEW_TEMPLATES)
+    cfg.MODEL.CLEARCLIP.CACHE_DIR = ""  # memory only; tests of the disk cache set their own folder
     for key, value in overrides.items():
         node = cfg
         *parents, leaf = key.split(".")

@@ -13,13 +13,14 @@ import torch.nn.functional as F
 from detectron2.modeling import build_model
 
 import reference_clearclip as ref
-from conftest import tiny_cfg
+from conftest import FEATURE_ATOL, tiny_cfg
 from clearclip_d2.modeling.decomposition import ATTENTION_VARIANTS, TokenLayout, neighbourhood_prior
 from clearclip_d2.modeling.dense_encoder import DenseCLIPEncoder
 from clearclip_d2.utils.errors import ClearCLIPError
 
 VARIANTS = ["qk", "qq", "kk", "vv", "qq+kk", "identity", "naclip"]
 SWITCHES = [(False, False), (True, True), (True, False), (False, True)]  # (residual, ffn)
+
 
 
 def tokens_before_last_block(visual, images):
@@ -100,7 +101,7 @@ def test_variant_matches_independent_computation(tiny_clip, variant, switches):
     with torch.no_grad():
         ours = DenseCLIPEncoder(model.visual, variant, residual, ffn)(images)
         expected = independent_dense_features(model.visual, images, variant, residual, ffn)
-    assert torch.allclose(ours, expected, atol=1e-5), (ours - expected).abs().max()
+    assert torch.allclose(ours, expected, atol=FEATURE_ATOL), (ours - expected).abs().max()
 
 
 @pytest.mark.parametrize("variant", ["naclip", "qq+kk", "kk"])
@@ -111,7 +112,7 @@ def test_variant_on_a_non_square_grid(tiny_clip, variant):
     with torch.no_grad():
         ours = DenseCLIPEncoder(model.visual, variant)(images)
         expected = independent_dense_features(model.visual, images, variant, False, False)
-    assert torch.allclose(ours, expected, atol=1e-5), (ours - expected).abs().max()
+    assert torch.allclose(ours, expected, atol=FEATURE_ATOL), (ours - expected).abs().max()
 
 
 def test_all_variants_are_registered_and_differ(tiny_clip):

@@ -12,7 +12,7 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from open_clip.transformer import QuickGELU
 
-from conftest import REPO_ROOT, TINY_VIT, write_model_config
+from conftest import FEATURE_ATOL, REPO_ROOT, TINY_VIT, write_model_config
 from clearclip_d2 import add_clearclip_config
 from clearclip_d2.config import check_clearclip_config
 from clearclip_d2.modeling import clip_loading
@@ -160,7 +160,7 @@ def test_final_ln_after_pool_applies_ln_post_to_every_patch(tmp_path):
     with torch.no_grad():
         _, tokens = visual(images)  # open_clip leaves these tokens without ln_post
         dense = DenseCLIPEncoder(visual, "qk", residual=True, ffn=True)(images)
-    assert torch.allclose(dense, visual.ln_post(tokens) @ visual.proj, atol=1e-5)
+    assert torch.allclose(dense, visual.ln_post(tokens) @ visual.proj, atol=FEATURE_ATOL)
     assert (dense - tokens @ visual.proj).abs().max() > 1e-2, "ln_post must matter in this test"
 
 

@@ -9,7 +9,7 @@ import torch
 from detectron2.modeling import build_model
 
 import reference_clearclip as ref
-from conftest import FEW_TEMPLATES, tiny_cfg
+from conftest import FEATURE_ATOL, FEW_TEMPLATES, tiny_cfg
 from clearclip_d2.data.transforms import ResizeShortLongEdge
 from clearclip_d2.data.vocabulary import vocabulary_from_names
 from clearclip_d2.modeling.dense_encoder import DenseCLIPEncoder
@@ -87,7 +87,7 @@ def test_qk_with_residual_and_ffn_reproduces_open_clip_tokens(tiny_clip):
             ours = encoder(images)
     finally:
         visual.output_tokens = False
-    assert torch.allclose(ours, tokens @ visual.proj, atol=1e-5), (ours - tokens @ visual.proj).abs().max()
+    assert torch.allclose(ours, tokens @ visual.proj, atol=FEATURE_ATOL), (ours - tokens @ visual.proj).abs().max()
 
 
 @pytest.mark.parametrize("size", [(224, 224), (448, 448), (448, 224), (160, 320), (112, 448)])
@@ -100,7 +100,7 @@ def test_dense_features_match_reference(tiny_clip, size, variant):
     images = torch.randn(1, 3, *size)
     with torch.no_grad():
         expected = ref.encode_image(model.visual, images, model_type, ignore_residual)
-        assert torch.allclose(encoder(images), expected, atol=1e-5), (encoder(images) - expected).abs().max()
+        assert torch.allclose(encoder(images), expected, atol=FEATURE_ATOL), (encoder(images) - expected).abs().max()
 
 
 def test_qq_differs_from_qk(tiny_clip):

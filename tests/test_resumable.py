@@ -168,6 +168,7 @@ def test_fingerprint_covers_config_weights_and_dataset(cfg, dataset, tmp_path, t
     speed_only = cfg.clone()
     speed_only.MODEL.CLEARCLIP.WINDOW_BATCH = 1
     speed_only.MODEL.CLEARCLIP.CLASS_CHUNK = 3
+    speed_only.MODEL.CLEARCLIP.CACHE_DIR = str(tmp_path / "other_text_cache")
     assert fingerprint_difference(base, evaluation_fingerprint(speed_only, name, dicts)) is None
 
     templates = cfg.clone()

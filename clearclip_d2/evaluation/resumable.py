@@ -64,6 +64,7 @@ RESULT_NEUTRAL_KEYS = frozenset(
         "MODEL.CLEARCLIP.CLASS_CHUNK",
         "MODEL.CLEARCLIP.MAX_DENSE_ELEMENTS",
         "MODEL.CLEARCLIP.WEIGHTS_CACHE_DIR",
+        "MODEL.CLEARCLIP.CACHE_DIR",
         "MODEL.CLEARCLIP.PRETRAINED_SHA256",
         # Stand for weights: the fingerprint holds the file hashes instead of the paths.
         "MODEL.CLEARCLIP.PRETRAINED",

@@ -153,6 +153,21 @@ def check_decomposable_block(block: nn.Module) -> None:
         )
 
 
+def is_standard_block(block: nn.Module) -> bool:
+    """True for open_clip's plain ``ResidualAttentionBlock`` with a standard self-attention,
+    whose ``forward`` equals ``decomposed_block_forward(block, x, qk_attention, True, True, ...)``."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    attn = getattr(block, "attn", None)
+    return (
+        type(block) is ResidualAttentionBlock
+        and isinstance(attn, nn.MultiheadAttention)
+        and attn._qkv_same_embed_dim
+        and attn.bias_k is None
+        and not hasattr(block, "ln_1_kv")
+    )
+
+
 def project_qkv(attn: nn.MultiheadAttention, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Split ``y`` [B, N, C] into per-head q, k, v, each [B, heads, N, C / heads]."""
     batch, tokens, width = y.shape

@@ -1,8 +1,19 @@
 """Dense patch features from an open_clip ViT whose last block is decomposed.
 
-The first L-1 blocks run unchanged (open_clip's own modules); the last block runs through
-:func:`decomposed_block_forward`; then ``ln_post`` and the visual projection are applied to
-every patch token and the class token is dropped.
+The first L-1 blocks compute exactly open_clip's blocks; the last block runs through
+:func:`decomposed_block_forward`, once (the authors' code runs the full last block and then
+the decomposed one: :meth:`DenseCLIPEncoder.reference_style_forward` keeps that for
+comparisons); then ``ln_post`` and the visual projection are applied to every patch token
+and the class token is dropped.
+
+Fused attention: open_clip's blocks call ``nn.MultiheadAttention(need_weights=False)``. In
+inference PyTorch sends that to ``aten::_native_multi_head_attention``, which on the CPU
+multiplies out the full [N, N] attention matrix (``bmm`` + ``softmax`` + ``bmm``, measured with
+the profiler on torch 2.14; on CUDA it picks a fused kernel). The standard blocks are
+therefore run here as ``x + attn(ln_1(x))`` and ``h + mlp(ln_2(h))`` with the attention from
+``F.scaled_dot_product_attention`` (:func:`~.decomposition.qk_attention`), the same function
+of the same weights (tests: within 1e-5 of open_clip's block); any other block type runs
+through its own ``forward``.
 
 Towers with ``final_ln_after_pool`` (e.g. the CLIPA models) apply ``ln_post`` to the pooled
 embedding instead of to the tokens. The dense feature of a patch is taken to be the pooled
@@ -20,7 +31,14 @@ from torch import nn
 
 from ..constants import POS_EMBED_INTERP_OFFSET
 from ..utils.errors import ClearCLIPError
-from .decomposition import TokenLayout, check_decomposable_block, decomposed_block_forward, get_attention_variant
+from .decomposition import (
+    TokenLayout,
+    check_decomposable_block,
+    decomposed_block_forward,
+    get_attention_variant,
+    is_standard_block,
+    qk_attention,
+)
 
 
 class DenseCLIPEncoder(nn.Module):
@@ -65,6 +83,7 @@ class DenseCLIPEncoder(nn.Module):
         factor, not the output size, is passed to ``interpolate``). Cached per grid size.
         """
         pos = self.visual.positional_embedding
+        grid_h, grid_w = int(grid_h), int(grid_w)  # plain ints also under tracing (fvcore FLOP counts)
         key = (grid_h, grid_w, pos.device, pos.dtype)
         if key not in self._pos_embed_cache:
             self._pos_embed_cache[key] = self._compute_pos_embed(grid_h, grid_w)
@@ -101,16 +120,37 @@ class DenseCLIPEncoder(nn.Module):
         x = x + self.interpolated_pos_embed(grid_h, grid_w).to(x.dtype)
         return visual.ln_pre(x)
 
-    def forward_until_last_block(self, images: torch.Tensor) -> torch.Tensor:
-        """Tokens entering the last block, [B, 1 + N, C] (batch first)."""
+    def forward_until_last_block(self, images: torch.Tensor, fused: bool = True) -> torch.Tensor:
+        """Tokens entering the last block, [B, 1 + N, C] (batch first).
+
+        ``fused``: run standard open_clip blocks with ``scaled_dot_product_attention`` (same
+        result); False calls every block's own ``forward`` (open_clip's code path).
+        """
         x = self.embed(images)
-        blocks = self.visual.transformer.resblocks
-        batch_first = getattr(self.visual.transformer, "batch_first", False)
-        if not batch_first:
-            x = x.transpose(0, 1)
-        for block in blocks[:-1]:
-            x = block(x)
-        return x if batch_first else x.transpose(0, 1)
+        layout = self.token_layout(*images.shape[-2:])
+        for block in self.visual.transformer.resblocks[:-1]:
+            if fused and is_standard_block(block):
+                x = decomposed_block_forward(block, x, qk_attention, residual=True, ffn=True, layout=layout)
+            else:
+                x = self._open_clip_block(block, x)
+        return x
+
+    def _open_clip_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``block.forward`` on batch-first tokens, whatever layout the transformer uses."""
+        if getattr(self.visual.transformer, "batch_first", False):
+            return block(x)
+        return block(x.transpose(0, 1)).transpose(0, 1)
+
+    def reference_style_forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The authors' way, for speed comparisons (:mod:`tools/benchmark.py`): every block
+        through open_clip's own ``forward``, the full last block computed and thrown away, then
+        the decomposed last block on the same input. Same output as :meth:`forward`."""
+        x = self.forward_until_last_block(images, fused=False)
+        last_block = self.visual.transformer.resblocks[-1]
+        self._open_clip_block(last_block, x)  # the reference's full pass, result unused
+        layout = self.token_layout(*images.shape[-2:])
+        x = decomposed_block_forward(last_block, x, self.attention, self.residual, self.ffn, layout)
+        return self.project_tokens(x)
 
     def project_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """``ln_post`` and the visual projection on every patch token; drops the class token."""

@@ -14,6 +14,7 @@ from ..constants import PROB_THRESHOLD_FROM_DATASET
 from ..data.vocabulary import Vocabulary, load_vocabulary_file, vocabulary_from_names
 from ..utils.errors import ClearCLIPError
 from .clip_loading import build_clip_model
+from .precision import check_precision, with_precision
 from .dense_encoder import DenseCLIPEncoder
 from .class_chunks import CONFIDENCE_KEY, LABELS_KEY, chunked_labels, use_class_chunks
 from .refinement import build_refiner
@@ -25,6 +26,7 @@ from .slide_inference import (
     patch_logits,
     windows_by_image,
 )
+from .text_cache import TextEmbeddingCache
 from .text_classifier import build_text_classifier, check_templates
 
 logger = logging.getLogger(__name__)
@@ -98,6 +100,8 @@ class ClearCLIPSegmentor(nn.Module):
         fixed_vocabulary: bool = False,
         class_chunk: int = 32,
         max_dense_elements: int = 2**28,
+        text_cache: Optional[TextEmbeddingCache] = None,
+        precision: str = "fp32",
         dataset_name: Optional[str] = None,
         refiner: Optional[nn.Module] = None,
     ):
@@ -117,6 +121,8 @@ class ClearCLIPSegmentor(nn.Module):
             fixed_vocabulary: keep ``vocabulary`` when evaluating datasets with other classes.
             class_chunk: queries per chunk when the output is too large for ``sem_seg``.
             max_dense_elements: largest queries x height x width returned as ``sem_seg``.
+            text_cache: disk cache of the text embeddings (None = memory only).
+            precision: image-encoder precision, "fp32", "fp16" (CUDA) or "bf16" (:mod:`.precision`).
             dataset_name: the dataset evaluated first, whose threshold applies if ``prob_threshold`` is None.
             refiner: ``refiner(probs [K, H, W], image) -> [K, H, W]`` applied before the
                 background threshold (``MODEL.CLEARCLIP.REFINE``, see :mod:`.refinement`).
@@ -149,6 +155,11 @@ class ClearCLIPSegmentor(nn.Module):
         self.fixed_vocabulary = fixed_vocabulary
         self.class_chunk = int(class_chunk)
         self.max_dense_elements = int(max_dense_elements)
+        check_precision(precision)
+        self.text_cache = text_cache
+        self.precision = precision
+        # True: the authors' way (one window at a time, last block twice), for benchmarks only.
+        self.reference_style = False
         self.refiner = refiner
         rgb = (lambda v: list(v)[::-1]) if input_format == "BGR" else list
         self.register_buffer("pixel_mean", torch.tensor(rgb(pixel_mean), dtype=torch.float32).view(3, 1, 1), False)
@@ -163,7 +174,7 @@ class ClearCLIPSegmentor(nn.Module):
     @classmethod
     def from_config(cls, cfg):
         cc = cfg.MODEL.CLEARCLIP
-        clip_model, tokenizer, _ = build_clip_model(
+        clip_model, tokenizer, arch = build_clip_model(
             cc.MODEL_NAME,
             cc.PRETRAINED,
             force_quick_gelu=cc.FORCE_QUICK_GELU,
@@ -188,6 +199,8 @@ class ClearCLIPSegmentor(nn.Module):
             "fixed_vocabulary": bool(cc.CLASS_NAMES_FILE),
             "class_chunk": cc.CLASS_CHUNK,
             "max_dense_elements": cc.MAX_DENSE_ELEMENTS,
+            "text_cache": TextEmbeddingCache.from_config(cfg, arch),
+            "precision": cc.PRECISION,
             "dataset_name": cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None,
             "refiner": build_refiner(cfg),
         }
@@ -225,11 +238,19 @@ class ClearCLIPSegmentor(nn.Module):
             )
         key = (tuple(self.vocabulary.queries), str(self.device))
         if key not in self._text_embeddings:
-            logger.info(f"Embedding {len(key[0])} class queries x {len(self.prompt_templates)} prompt templates")
-            self._text_embeddings[key] = build_text_classifier(
-                self.clip_model, self.tokenizer, self.vocabulary.queries, self.prompt_templates, self.text_batch_size
-            )
+            queries = self.vocabulary.queries
+            if self.text_cache is not None:
+                embeddings = self.text_cache.get_or_build(self.prompt_templates, queries, self.embed_queries)
+            else:
+                embeddings = self.embed_queries()
+            self._text_embeddings[key] = embeddings.to(self.device)
         return self._text_embeddings[key]
+
+    def embed_queries(self) -> torch.Tensor:
+        """Run the text tower: [Q, D] unit embeddings of the current vocabulary's queries."""
+        queries = self.vocabulary.queries
+        logger.info(f"Embedding {len(queries)} class queries x {len(self.prompt_templates)} prompt templates")
+        return build_text_classifier(self.clip_model, self.tokenizer, queries, self.prompt_templates, self.text_batch_size)
 
     # ----------------------------------------------------------------- inference
     def preprocess_image(self, image: torch.Tensor) -> torch.Tensor:
@@ -260,13 +281,17 @@ class ClearCLIPSegmentor(nn.Module):
         image's [C, h, w] averaged cosine similarities (resized image, or patch grid when
         ``slide_crop`` is 0), so the vocabulary can be compared in chunks."""
         patch = self.encoder.patch_size
+        encode = with_precision(self.encoder, self.device, self.precision)
+        window_batch = self.window_batch
+        if self.reference_style:
+            encode, window_batch = with_precision(self.encoder.reference_style_forward, self.device, self.precision), 1
         if self.slide_crop > 0:
-            windows = encode_windows(images, self.encoder, patch, self.slide_crop, self.slide_stride, self.window_batch)
+            windows = encode_windows(images, encode, patch, self.slide_crop, self.slide_stride, window_batch)
             return [
                 partial(average_window_logits, image_windows, image_size=tuple(img.shape[-2:]))
                 for image_windows, img in zip(windows_by_image(windows, len(images)), images)
             ]
-        return [partial(patch_logits, *encode_whole_image(img, self.encoder, patch)) for img in images]
+        return [partial(patch_logits, *encode_whole_image(img, encode, patch)) for img in images]
 
     def predict_image(
         self,

@@ -69,3 +69,12 @@ def file_sha256(path: str, chunk_bytes: int = 1 << 20) -> str:
                 digest.update(block)
         _SHA256_CACHE[key] = digest.hexdigest()
     return _SHA256_CACHE[key]
+
+
+def write_proc_control(path: str, text: str) -> None:
+    """Write ``text`` to a Linux control file under ``/proc`` (e.g. ``/proc/self/clear_refs``):
+    a command to the kernel, not a data file, so there is nothing to make atomic."""
+    if not os.path.abspath(path).startswith("/proc/"):
+        raise ValueError(f"{path} is not a /proc control file; write data files with atomic_write")
+    with open(path, "w") as f:
+        f.write(text)

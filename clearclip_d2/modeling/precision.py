@@ -1,0 +1,48 @@
+"""``MODEL.CLEARCLIP.PRECISION``: the image encoder in fp32, or in fp16 / bf16 through autocast.
+
+Only the image encoder runs under ``torch.autocast``; its patch features are cast back to
+fp32, so the text embeddings, cosine similarities, upsampling, softmax and the background
+threshold are always computed in fp32. On CUDA both half precisions are supported. On the
+CPU bf16 autocast is allowed (fast on CPUs with AVX512-BF16/AMX, slow elsewhere) and fp16 is
+refused: CPU kernels have little fp16 support, so it would be slower than fp32 at lower
+accuracy, and a silent fall-back would misreport what was measured.
+"""
+
+import contextlib
+from typing import Callable, ContextManager, Dict, Optional
+
+import torch
+
+from ..utils.errors import ClearCLIPError
+
+PRECISIONS: Dict[str, Optional[torch.dtype]] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def check_precision(precision: str, device: Optional[str] = None) -> None:
+    """Refuse unknown precisions, and fp16 on the CPU, in one line."""
+    if precision not in PRECISIONS:
+        raise ClearCLIPError(f"unknown MODEL.CLEARCLIP.PRECISION {precision!r}; valid values: {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device is not None and torch.device(device).type == "cpu":
+        raise ClearCLIPError(
+            "MODEL.CLEARCLIP.PRECISION fp16 needs a CUDA device (MODEL.DEVICE cuda); on the CPU use fp32 or bf16"
+        )
+
+
+def encoder_autocast(device: torch.device, precision: str) -> ContextManager:
+    """``torch.autocast`` for the image encoder at ``precision`` on ``device`` (no-op for fp32)."""
+    check_precision(precision, str(device))
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def with_precision(encode: Callable[[torch.Tensor], torch.Tensor], device: torch.device, precision: str):
+    """``encode`` run under :func:`encoder_autocast`, its output as fp32."""
+
+    def encode_at_precision(images: torch.Tensor) -> torch.Tensor:
+        with encoder_autocast(device, precision):
+            features = encode(images)
+        return features.float()
+
+    return encode_at_precision

@@ -1,0 +1,84 @@
+"""tools/benchmark.py on the tiny model: runs as a subprocess and writes the JSON report."""
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+from conftest import REPO_ROOT
+from clearclip_d2.engine import benchmark as bench
+from clearclip_d2.modeling.dense_encoder import DenseCLIPEncoder
+
+MODE_FIELDS = {
+    "images_per_s", "latency_median_ms", "latency_p90_ms", "peak_rss_mib", "encoder_gflops_per_image",
+    "achieved_gflops_per_s", "fraction_of_matmul_peak", "encoder_alone",
+}
+
+
+def run_benchmark(args, env_extra=None):
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT, **(env_extra or {}))
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "tools", "benchmark.py"), *args],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+
+
+def test_benchmark_runs_on_the_tiny_model_and_writes_json(tiny_model_files, tmp_path):
+    model_json, checkpoint = tiny_model_files
+    json_path = str(tmp_path / "bench.json")
+    result = run_benchmark([
+        "--config-file", os.path.join(REPO_ROOT, "configs", "clearclip_coco.yaml"),
+        "--size", "80x130", "--runs", "3", "--warmup", "1", "--threads", "1", "--batch", "2", "--json", json_path,
+        "--opts", "MODEL.CLEARCLIP.MODEL_NAME", model_json, "MODEL.CLEARCLIP.PRETRAINED", checkpoint,
+        "MODEL.CLEARCLIP.PROMPT_TEMPLATES", "['a photo of a {}.']", "MODEL.CLEARCLIP.SLIDE_CROP", "64",
+        "MODEL.CLEARCLIP.SLIDE_STRIDE", "32", "MODEL.CLEARCLIP.WINDOW_BATCH", "4", "MODEL.DEVICE", "cpu",
+        "MODEL.CLEARCLIP.CACHE_DIR", str(tmp_path / "cache"),
+    ])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "speed-up fast / reference" in result.stdout and "images/s" in result.stdout
+    with open(json_path) as f:
+        report = json.load(f)
+    assert report["threads"] == 1 and report["batch"] == 2 and report["image_size"] == [80, 130]
+    assert report["windows_per_image"] == 8 and report["window_batch"] == 4
+    assert report["matmul_peak_gflops_per_s"] > 0 and report["speedup"] > 0
+    assert report["max_probability_difference"] < 1e-4
+    for mode in ("fast", "reference"):
+        assert MODE_FIELDS <= set(report["modes"][mode]), set(report["modes"][mode])
+        assert report["modes"][mode]["images_per_s"] > 0
+    assert report["modes"]["fast"]["encoder_alone"]["windows_per_batch"] == 4
+    assert report["modes"]["reference"]["encoder_alone"]["windows_per_batch"] == 1
+    # the reference computes the last block twice
+    assert report["modes"]["reference"]["encoder_gflops_per_image"] > report["modes"]["fast"]["encoder_gflops_per_image"]
+    assert os.listdir(tmp_path / "cache")  # the text embeddings were cached
+
+
+def test_benchmark_bad_size_is_one_line(tiny_model_files):
+    result = run_benchmark(["--config-file", os.path.join(REPO_ROOT, "configs", "clearclip_coco.yaml"), "--size", "big"])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["benchmark: error: --size 'big' must be HEIGHTxWIDTH in pixels, e.g. 448x640"]
+
+
+def test_encoder_flops_count_every_matrix_product(tiny_clip):
+    """FLOPs (multiply-add = 2) of the tiny encoder on a 64 x 64 input, counted by hand."""
+    model, _ = tiny_clip
+    encoder = DenseCLIPEncoder(model.visual)
+    tokens, width, patch, embed, layers = 1 + 16, 64, 16, 32, 2
+    per_block_linear = tokens * width * (3 * width + width + 4 * width + 4 * width)
+    attention = 2 * tokens * tokens * width
+    conv = 16 * 3 * patch * patch * width
+    last_block = tokens * width * (3 * width + width) + attention  # attention branch only
+    macs = conv + (layers - 1) * (per_block_linear + attention) + last_block + 16 * width * embed
+    assert bench.encoder_flops(encoder, 64, 64) == 2 * macs
+    reference = bench.encoder_flops(encoder, 64, 64, reference_style=True)
+    assert reference == 2 * (macs + per_block_linear + attention)
+
+
+def test_window_sizes_and_latency_summary():
+    assert bench.window_sizes(80, 130, 64, 32, 16) == {(64, 64): 8}
+    assert bench.window_sizes(40, 60, 64, 32, 16) == {(48, 64): 1}
+    assert bench.window_sizes(50, 70, 0, 0, 16) == {(48, 64): 1}
+    summary = bench.latency_summary([1.0, 2.0, 3.0, 4.0, 10.0], images_per_run=2)
+    assert summary["images_per_s"] == 0.5 and summary["latency_median_ms"] == 3000.0 and summary["latency_p90_ms"] == 10000.0
+    assert bench.matmul_peak_flops(torch.device("cpu"), size=64, seconds=0.01) > 0
