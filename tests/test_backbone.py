@@ -56,6 +56,17 @@ def test_features_are_the_normalised_dense_clearclip_features(tiny_model_files, 
     assert torch.allclose(features, expected, atol=1e-5), (features - expected).abs().max()
 
 
+def test_the_backbone_takes_every_weights_and_encoder_key_of_the_segmentor(tiny_model_files):
+    from clearclip_d2 import ClearCLIPError
+
+    with pytest.raises(ClearCLIPError, match="SHA-256|sha256"):
+        build_backbone(tiny_model_files, **{"MODEL.CLEARCLIP.PRETRAINED_SHA256": "ab" * 32})
+    naclip = build_backbone(tiny_model_files, **{"MODEL.CLEARCLIP.ATTENTION": "naclip", "MODEL.CLEARCLIP.NACLIP_GAUSSIAN_STD": 1.5})
+    default_std = build_backbone(tiny_model_files, **{"MODEL.CLEARCLIP.ATTENTION": "naclip"})
+    images = torch.randn(1, 3, 64, 96)
+    assert not torch.allclose(naclip(images)["clip"], default_std(images)["clip"], atol=1e-4)
+
+
 def test_sizes_that_are_not_multiples_of_the_patch_are_padded(tiny_model_files):
     backbone = build_backbone(tiny_model_files)
     images = torch.randn(1, 3, 50, 70)

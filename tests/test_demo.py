@@ -83,7 +83,7 @@ def read_video(path):
     return frames
 
 
-def tiny_predictor(model_json):
+def tiny_predictor(model_json, *opts):
     from detectron2.config import get_cfg
 
     from clearclip_d2 import add_clearclip_config
@@ -92,7 +92,7 @@ def tiny_predictor(model_json):
     cfg = get_cfg()
     add_clearclip_config(cfg)
     cfg.merge_from_file(CONFIG)
-    cfg.merge_from_list(tiny_opts(model_json))
+    cfg.merge_from_list(tiny_opts(model_json) + list(opts))
     return ClearCLIPPredictor(cfg)
 
 
@@ -180,13 +180,27 @@ def test_overlay_legend_lists_the_classes_present_largest_first():
     ]
 
 
+def test_an_output_too_large_for_the_dense_map_still_gets_its_overlay_and_masks(tmp_path, tiny_json):
+    """With MAX_DENSE_ELEMENTS 0 every image takes the class-chunked path (labels, no ``sem_seg``)."""
+    demo = load_demo_module()
+    dense, chunked = tiny_predictor(tiny_json), tiny_predictor(tiny_json, "MODEL.CLEARCLIP.MAX_DENSE_ELEMENTS", 0)
+    image_path = tmp_path / "photo.png"
+    Image.fromarray(random_image(36, 44, seed=5)).save(image_path)
+    args = demo.get_parser().parse_args(["--input", str(image_path), "--output", str(tmp_path / "out.png"),
+                                         "--vocabulary", "cat; dog, puppy; sky", "--save-masks"])  # fmt: skip
+    assert demo.run(args, chunked) == [str(tmp_path / "out.png")]
+    dense.set_vocabulary(["cat", "dog, puppy", "sky"])
+    expected = dense(random_image(36, 44, seed=5)).argmax(dim=0).numpy()
+    assert np.array_equal(np.array(Image.open(tmp_path / "out_labels.png")), expected)
+
+
 def test_one_image_to_an_output_file_and_runs_that_reuse_the_predictor(tmp_path, tiny_json, monkeypatch):
     demo = load_demo_module()
     predictor = tiny_predictor(tiny_json)
     model = predictor.model
     import clearclip_d2.modeling.meta_arch as meta_arch
 
-    monkeypatch.setattr(meta_arch, "build_clip_model", lambda *a, **k: pytest.fail("the model was rebuilt"))
+    monkeypatch.setattr(meta_arch, "build_clip_model_from_config", lambda *a, **k: pytest.fail("the model was rebuilt"))
     image_path = tmp_path / "photo.png"
     Image.fromarray(random_image(36, 44, seed=5)).save(image_path)
     parse = demo.get_parser().parse_args

@@ -495,7 +495,7 @@ class Segmenter:
 
     def __call__(self, image: np.ndarray, overlay_path: str, stem: str) -> Tuple[np.ndarray, np.ndarray]:
         """image H x W x 3 in ``input_format`` -> (labels [H, W] int64, overlay RGB), files written."""
-        labels = self.predictor(image).argmax(dim=0).cpu().numpy()
+        labels = self.predictor.predict_labels(image).numpy()
         image_rgb = np.ascontiguousarray(image[:, :, ::-1] if self.input_format == "BGR" else image)
         overlay = draw_overlay(image_rgb, labels, self.metadata)
         save_image(overlay, overlay_path)

@@ -24,7 +24,7 @@ from detectron2.modeling import build_model
 
 from ..data.transforms import ResizeShortLongEdge
 from ..data.vocabulary import Vocabulary
-from ..modeling.class_chunks import LABELS_KEY
+from ..modeling.class_chunks import LABELS_KEY, output_labels
 from ..utils.errors import ClearCLIPError
 
 
@@ -110,6 +110,4 @@ class ClearCLIPPredictor:
     def predict_labels(self, original_image: np.ndarray) -> torch.Tensor:
         """Tensor[H, W] int64 class indices (argmax of :meth:`__call__`), on the CPU, for any
         image and vocabulary size."""
-        output = self.predict(original_image)
-        labels = output[LABELS_KEY] if LABELS_KEY in output else output["sem_seg"].argmax(dim=0)
-        return labels.cpu()
+        return output_labels(self.predict(original_image)).cpu()

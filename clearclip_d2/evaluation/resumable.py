@@ -45,7 +45,7 @@ from detectron2.evaluation import SemSegEvaluator, inference_on_dataset
 from detectron2.utils import comm
 from detectron2.utils.comm import all_gather, is_main_process, synchronize
 
-from ..modeling.class_chunks import LABELS_KEY
+from ..modeling.class_chunks import output_labels
 from ..utils.errors import ClearCLIPError, user_message
 from ..utils.io import atomic_write, atomic_write_json, file_sha256
 from .bad_inputs import SKIPPED_FILE, BadInputFilter, check_label_map, stop_message, write_skipped_list
@@ -374,7 +374,7 @@ class ResumableSemSegEvaluator(SemSegEvaluator):
 
     def evaluate_image(self, input, output) -> ImageResult:
         """One image's confusion-matrix contribution and RLE predictions; bad labels raise."""
-        pred = predicted_label_map(output)
+        pred = np.asarray(output_labels(output).to("cpu"), dtype=np.int64)
         gt_file = self.input_file_to_gt_file[input["file_name"]]
         gt = self.sem_seg_loading_fn(gt_file, dtype=int)
         check_label_map(gt, pred.shape, self._num_classes, self._ignore_label, gt_file, input["file_name"])
@@ -437,16 +437,6 @@ class ResumableSemSegEvaluator(SemSegEvaluator):
             return super().evaluate()
         finally:
             self._distributed = distributed
-
-
-def predicted_label_map(output) -> np.ndarray:
-    """[H, W] int64 predicted classes: ``sem_seg_labels`` when the model gave it, else the
-    argmax of ``sem_seg`` [K, H, W] (Detectron2's contract)."""
-    if LABELS_KEY in output:
-        labels = output[LABELS_KEY]
-    else:
-        labels = output["sem_seg"].argmax(dim=0)
-    return np.asarray(labels.to("cpu"), dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------- planning

@@ -16,7 +16,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from ..utils.errors import ClearCLIPError
-from .clip_loading import build_clip_model
+from .clip_loading import build_clip_model_from_config
 from .dense_encoder import DenseCLIPEncoder
 
 FEATURE_NAME = "clip"
@@ -84,10 +84,8 @@ def build_clearclip_backbone(cfg, input_shape: ShapeSpec) -> ClearCLIPBackbone:
     if input_shape.channels not in (None, 3):
         raise ClearCLIPError(f"the ClearCLIP backbone takes 3-channel images, not {input_shape.channels}")
     cc = cfg.MODEL.CLEARCLIP
-    clip_model, _, _ = build_clip_model(
-        cc.MODEL_NAME, cc.PRETRAINED, force_quick_gelu=cc.FORCE_QUICK_GELU, cache_dir=cc.WEIGHTS_CACHE_DIR or None
-    )
-    encoder = DenseCLIPEncoder(clip_model.visual, cc.ATTENTION, cc.RESIDUAL, cc.FFN)
+    clip_model, _, _ = build_clip_model_from_config(cfg)
+    encoder = DenseCLIPEncoder.from_config(clip_model.visual, cfg)
     return ClearCLIPBackbone(encoder, cfg.INPUT.FORMAT, cc.BACKBONE_L2_NORMALIZE)
 
 

@@ -33,6 +33,12 @@ RUNTIME_BYTES = 100 * 2**20
 BYTES_PER_OUTPUT_PIXEL = 56
 
 
+def output_labels(output: dict) -> torch.Tensor:
+    """[H, W] int64 predicted classes of one model output: ``sem_seg_labels`` when the chunked
+    path gave it, else the argmax of ``sem_seg`` [K, H, W] (Detectron2's contract)."""
+    return output[LABELS_KEY] if LABELS_KEY in output else output["sem_seg"].argmax(dim=0)
+
+
 def use_class_chunks(num_queries: int, out_size: Tuple[int, int], max_dense_elements: int) -> bool:
     """True when the plain [Q, H, W] probability map would pass ``max_dense_elements`` floats."""
     return num_queries * out_size[0] * out_size[1] > max_dense_elements

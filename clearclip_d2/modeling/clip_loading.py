@@ -57,6 +57,19 @@ def build_clip_model(
     return model, open_clip.get_tokenizer(arch), arch
 
 
+def build_clip_model_from_config(cfg) -> Tuple[nn.Module, Callable, str]:
+    """:func:`build_clip_model` with the weights keys of ``MODEL.CLEARCLIP`` (``MODEL_NAME``,
+    ``PRETRAINED``, ``FORCE_QUICK_GELU``, ``WEIGHTS_CACHE_DIR``, ``PRETRAINED_SHA256``)."""
+    cc = cfg.MODEL.CLEARCLIP
+    return build_clip_model(
+        cc.MODEL_NAME,
+        cc.PRETRAINED,
+        force_quick_gelu=cc.FORCE_QUICK_GELU,
+        cache_dir=cc.WEIGHTS_CACHE_DIR or None,
+        expected_sha256=cc.PRETRAINED_SHA256,
+    )
+
+
 def supported_architectures() -> List[str]:
     """open_clip architectures whose image tower is a plain ViT this plugin can decompose."""
     return [name for name in open_clip.list_models() if _is_plain_vit(open_clip.get_model_config(name) or {})]

@@ -66,6 +66,13 @@ class DenseCLIPEncoder(nn.Module):
         self.ffn = ffn
         self._pos_embed_cache: Dict[Tuple, torch.Tensor] = {}
 
+    @classmethod
+    def from_config(cls, visual: nn.Module, cfg) -> "DenseCLIPEncoder":
+        """The encoder of ``MODEL.CLEARCLIP`` (``ATTENTION``, ``RESIDUAL``, ``FFN``,
+        ``NACLIP_GAUSSIAN_STD``) around an open_clip ``visual`` tower."""
+        cc = cfg.MODEL.CLEARCLIP
+        return cls(visual, cc.ATTENTION, cc.RESIDUAL, cc.FFN, cc.NACLIP_GAUSSIAN_STD)
+
     @property
     def patch_size(self) -> int:
         return int(self.visual.patch_size[0])

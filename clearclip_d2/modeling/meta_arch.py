@@ -13,7 +13,7 @@ from torch import nn
 from ..constants import PROB_THRESHOLD_FROM_DATASET
 from ..data.vocabulary import Vocabulary, load_vocabulary_file, vocabulary_from_names
 from ..utils.errors import ClearCLIPError
-from .clip_loading import build_clip_model
+from .clip_loading import build_clip_model_from_config
 from .precision import check_precision, with_precision
 from .dense_encoder import DenseCLIPEncoder
 from .class_chunks import CONFIDENCE_KEY, LABELS_KEY, chunked_labels, use_class_chunks
@@ -174,17 +174,11 @@ class ClearCLIPSegmentor(nn.Module):
     @classmethod
     def from_config(cls, cfg):
         cc = cfg.MODEL.CLEARCLIP
-        clip_model, tokenizer, arch = build_clip_model(
-            cc.MODEL_NAME,
-            cc.PRETRAINED,
-            force_quick_gelu=cc.FORCE_QUICK_GELU,
-            cache_dir=cc.WEIGHTS_CACHE_DIR or None,
-            expected_sha256=cc.PRETRAINED_SHA256,
-        )
+        clip_model, tokenizer, arch = build_clip_model_from_config(cfg)
         return {
             "clip_model": clip_model,
             "tokenizer": tokenizer,
-            "encoder": DenseCLIPEncoder(clip_model.visual, cc.ATTENTION, cc.RESIDUAL, cc.FFN, cc.NACLIP_GAUSSIAN_STD),
+            "encoder": DenseCLIPEncoder.from_config(clip_model.visual, cfg),
             "vocabulary": vocabulary_from_config(cfg),
             "prompt_templates": list(cc.PROMPT_TEMPLATES),
             "logit_scale": cc.LOGIT_SCALE,
