@@ -2,8 +2,8 @@
 
 import math
 import os
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence
 
 from ..data.benchmarks import Benchmark
 from ..utils.io import atomic_write
@@ -19,7 +19,6 @@ class BenchmarkOutcome:
     metrics: Optional[Dict[str, float]] = None  # the evaluator's "sem_seg" dict
     problem: str = ""  # why it was skipped or failed
     failed: bool = False  # evaluation ran and failed (as opposed to skipped)
-    charts: List[str] = field(default_factory=list)
 
 
 def _number(value: Optional[float], signed: bool = False) -> str:
@@ -109,7 +108,7 @@ def write_report(outcomes: Sequence[BenchmarkOutcome], architecture: str, output
     for outcome in outcomes:
         if outcome.metrics is not None:
             chart = os.path.join(output_dir, "per_class_iou", f"{outcome.benchmark.key}.png")
-            outcome.charts.append(plot_per_class_iou(outcome.metrics, outcome.benchmark.title, chart))
+            plot_per_class_iou(outcome.metrics, outcome.benchmark.title, chart)
     table = markdown_table(outcomes, architecture)
     with atomic_write(os.path.join(output_dir, "results.md"), "w") as f:
         f.write(table)

@@ -156,15 +156,16 @@ class ShardStore:
     def key(self, file_name: str) -> str:
         return relative_path(file_name, self.image_root)
 
-    def shard_path(self, file_name: str) -> str:
-        digest = hashlib.sha1(self.key(file_name).encode("utf-8")).hexdigest()[:24]
+    def shard_path_of_key(self, key: str) -> str:
+        digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:24]
         return os.path.join(self.images_folder, f"{digest}.json")
 
     def write(self, result: ImageResult, num_classes: int, label_file: str) -> None:
         """Write one image's shard atomically (a killed run leaves it whole or absent)."""
-        record = result_to_json(result, self.key(result.file_name), num_classes)
+        key = self.key(result.file_name)
+        record = result_to_json(result, key, num_classes)
         record["files"] = input_files_identity(result.file_name, label_file)
-        with atomic_write(self.shard_path(result.file_name), "w") as f:
+        with atomic_write(self.shard_path_of_key(key), "w") as f:
             json.dump(record, f, separators=(",", ":"))
 
     def load(self, dataset_dicts: Iterable[Dict], num_classes: int) -> Dict[str, ImageResult]:
@@ -176,13 +177,14 @@ class ShardStore:
         done = {}
         for record in dataset_dicts:
             file_name = record["file_name"]
-            path = self.shard_path(file_name)
+            key = self.key(file_name)
+            path = self.shard_path_of_key(key)
             if not os.path.isfile(path):
                 continue
             try:
                 with open(path, encoding="utf-8") as f:
                     shard = json.load(f)
-                if shard.get("image") != self.key(file_name) or shard.get("num_classes") != num_classes:
+                if shard.get("image") != key or shard.get("num_classes") != num_classes:
                     raise ValueError("it belongs to another image or class count")
                 result = result_from_json(shard, file_name)
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
@@ -445,16 +447,12 @@ class EvaluationPlan:
     """What an evaluation of one dataset has to do.
 
     Attributes:
-        dataset_name: the dataset.
         remaining: dataset dicts still to evaluate, in dataset order (the same on every process).
-        total: number of images in the dataset.
         store: where per-image results go (None without an output folder: nothing is kept).
         done: results loaded from the store, by file name (main process only).
     """
 
-    dataset_name: str
     remaining: List[Dict]
-    total: int
     store: Optional[ShardStore] = None
     done: Dict[str, ImageResult] = field(default_factory=dict)
 
@@ -468,7 +466,7 @@ def plan_evaluation(cfg, dataset_name: str, output_dir: str, resume: bool) -> Ev
     """
     dicts = DatasetCatalog.get(dataset_name)
     if not output_dir or not dicts:
-        return EvaluationPlan(dataset_name, dicts, len(dicts))
+        return EvaluationPlan(dicts)
     store = ShardStore(os.path.join(output_dir, SHARD_FOLDER), common_folder(d["file_name"] for d in dicts))
     done, decision = {}, None
     if comm.is_main_process():
@@ -483,7 +481,7 @@ def plan_evaluation(cfg, dataset_name: str, output_dir: str, resume: bool) -> Ev
         raise ClearCLIPError(decision[1])
     done_files = set(decision[1])
     remaining = [d for d in dicts if d["file_name"] not in done_files]
-    return EvaluationPlan(dataset_name, remaining, len(dicts), store, done)
+    return EvaluationPlan(remaining, store, done)
 
 
 def _open_store(store: ShardStore, cfg, dataset_name: str, dicts: List[Dict], resume: bool) -> Dict[str, ImageResult]:
@@ -492,8 +490,8 @@ def _open_store(store: ShardStore, cfg, dataset_name: str, dicts: List[Dict], re
     if stored is None:
         if resume:
             logger.info(f"Nothing to resume in {store.folder}: evaluating {dataset_name} from the start")
-        elif store.count():
-            logger.info(f"Starting afresh: removing {store.count()} earlier per-image results in {store.folder}")
+        elif (earlier := store.count()) > 0:
+            logger.info(f"Starting afresh: removing {earlier} earlier per-image results in {store.folder}")
         store.start_afresh(fingerprint)
         return {}
     difference = fingerprint_difference(stored, fingerprint)

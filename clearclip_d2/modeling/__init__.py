@@ -4,7 +4,7 @@ from .decomposition import ATTENTION_VARIANTS, decomposed_block_forward
 from .dense_encoder import DenseCLIPEncoder
 from .meta_arch import ClearCLIPSegmentor
 from .refinement import assign_pixels_to_masks, average_in_regions, pamr, refine_with_masks
-from .slide_inference import logits_to_probabilities, slide_inference, slide_window_boxes
+from .slide_inference import logits_to_probabilities, slide_window_boxes
 from .text_classifier import build_text_classifier
 
 __all__ = [
@@ -21,6 +21,5 @@ __all__ = [
     "logits_to_probabilities",
     "pamr",
     "refine_with_masks",
-    "slide_inference",
     "slide_window_boxes",
 ]

@@ -9,9 +9,8 @@ per-pixel maximum, log-sum-exp and arg-max give the prediction without ever hold
 than one chunk at the output size.
 
 It returns what an evaluation needs: the label map (the arg-max of the plain path, with the
-background threshold) and the highest class probability per pixel. Peak memory besides the
-encoder: about ``CLASS_CHUNK * (H * W + h * w + crop**2) * 4 B * 2 + H * W * 48 B``, where
-``h x w`` is the resized image and ``H x W`` the output size (see README "Long evaluations").
+background threshold) and the highest class probability per pixel. Its memory bound is
+:func:`chunked_peak_bytes` (and README "Long evaluations"): no term has the vocabulary size.
 """
 
 from typing import Callable, Tuple

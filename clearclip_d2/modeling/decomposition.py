@@ -143,10 +143,16 @@ def get_attention_variant(name: str, naclip_std: Optional[float] = None) -> Atte
     return ATTENTION_VARIANTS[name]
 
 
+def has_standard_attention(block: nn.Module) -> bool:
+    """True if the block's attention is a standard ``nn.MultiheadAttention`` self-attention
+    (one packed q/k/v projection, no extra key/value biases)."""
+    attn = getattr(block, "attn", None)
+    return isinstance(attn, nn.MultiheadAttention) and attn._qkv_same_embed_dim and attn.bias_k is None
+
+
 def check_decomposable_block(block: nn.Module) -> None:
     """Refuse blocks whose attention is not a standard ``nn.MultiheadAttention`` self-attention."""
-    attn = getattr(block, "attn", None)
-    if not isinstance(attn, nn.MultiheadAttention) or not attn._qkv_same_embed_dim or attn.bias_k is not None:
+    if not has_standard_attention(block):
         raise ClearCLIPError(
             f"the ViT block {type(block).__name__} has no standard multi-head self-attention "
             "(open_clip models with scaled-cosine or qk-norm attention are not supported); choose another MODEL_NAME"
@@ -158,14 +164,7 @@ def is_standard_block(block: nn.Module) -> bool:
     whose ``forward`` equals ``decomposed_block_forward(block, x, qk_attention, True, True, ...)``."""
     from open_clip.transformer import ResidualAttentionBlock
 
-    attn = getattr(block, "attn", None)
-    return (
-        type(block) is ResidualAttentionBlock
-        and isinstance(attn, nn.MultiheadAttention)
-        and attn._qkv_same_embed_dim
-        and attn.bias_k is None
-        and not hasattr(block, "ln_1_kv")
-    )
+    return type(block) is ResidualAttentionBlock and has_standard_attention(block) and not hasattr(block, "ln_1_kv")
 
 
 def project_qkv(attn: nn.MultiheadAttention, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -65,6 +65,8 @@ class DenseCLIPEncoder(nn.Module):
         self.residual = residual
         self.ffn = ffn
         self._pos_embed_cache: Dict[Tuple, torch.Tensor] = {}
+        # Which of the first L-1 blocks can run through scaled_dot_product_attention.
+        self._fusable = [is_standard_block(block) for block in visual.transformer.resblocks[:-1]]
 
     @classmethod
     def from_config(cls, visual: nn.Module, cfg) -> "DenseCLIPEncoder":
@@ -135,8 +137,8 @@ class DenseCLIPEncoder(nn.Module):
         """
         x = self.embed(images)
         layout = self.token_layout(*images.shape[-2:])
-        for block in self.visual.transformer.resblocks[:-1]:
-            if fused and is_standard_block(block):
+        for block, fusable in zip(self.visual.transformer.resblocks[:-1], self._fusable):
+            if fused and fusable:
                 x = decomposed_block_forward(block, x, qk_attention, residual=True, ffn=True, layout=layout)
             else:
                 x = self._open_clip_block(block, x)

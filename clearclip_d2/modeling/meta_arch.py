@@ -275,10 +275,9 @@ class ClearCLIPSegmentor(nn.Module):
         image's [C, h, w] averaged cosine similarities (resized image, or patch grid when
         ``slide_crop`` is 0), so the vocabulary can be compared in chunks."""
         patch = self.encoder.patch_size
-        encode = with_precision(self.encoder, self.device, self.precision)
-        window_batch = self.window_batch
-        if self.reference_style:
-            encode, window_batch = with_precision(self.encoder.reference_style_forward, self.device, self.precision), 1
+        forward = self.encoder.reference_style_forward if self.reference_style else self.encoder
+        encode = with_precision(forward, self.device, self.precision)
+        window_batch = 1 if self.reference_style else self.window_batch
         if self.slide_crop > 0:
             windows = encode_windows(images, encode, patch, self.slide_crop, self.slide_stride, window_batch)
             return [

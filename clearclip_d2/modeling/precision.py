@@ -9,7 +9,7 @@ accuracy, and a silent fall-back would misreport what was measured.
 """
 
 import contextlib
-from typing import Callable, ContextManager, Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 
@@ -28,20 +28,16 @@ def check_precision(precision: str, device: Optional[str] = None) -> None:
         )
 
 
-def encoder_autocast(device: torch.device, precision: str) -> ContextManager:
-    """``torch.autocast`` for the image encoder at ``precision`` on ``device`` (no-op for fp32)."""
+def with_precision(encode: Callable[[torch.Tensor], torch.Tensor], device: torch.device, precision: str):
+    """``encode`` run under ``torch.autocast`` at ``precision`` on ``device`` (none for fp32),
+    its output as fp32. The precision is checked here, before anything is encoded."""
     check_precision(precision, str(device))
     dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
-
-
-def with_precision(encode: Callable[[torch.Tensor], torch.Tensor], device: torch.device, precision: str):
-    """``encode`` run under :func:`encoder_autocast`, its output as fp32."""
+    device_type = torch.device(device).type
 
     def encode_at_precision(images: torch.Tensor) -> torch.Tensor:
-        with encoder_autocast(device, precision):
+        autocast = contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device_type, dtype=dtype)
+        with autocast:
             features = encode(images)
         return features.float()
 

@@ -144,26 +144,6 @@ def average_window_logits(
     return total / count
 
 
-def slide_inference(
-    images: Sequence[torch.Tensor],
-    encode: Callable[[torch.Tensor], torch.Tensor],
-    text_embeddings: torch.Tensor,
-    patch_size: int,
-    crop: int,
-    stride: int,
-    window_batch: int,
-) -> List[torch.Tensor]:
-    """Average window logits over each image.
-
-    Args:
-        images: normalised images, each [3, H_i, W_i].
-    Returns:
-        one [Q, H_i, W_i] tensor of averaged cosine similarities per image.
-    """
-    windows = windows_by_image(encode_windows(images, encode, patch_size, crop, stride, window_batch), len(images))
-    return [average_window_logits(w, text_embeddings, tuple(image.shape[-2:])) for w, image in zip(windows, images)]
-
-
 def encode_whole_image(
     image: torch.Tensor, encode: Callable[[torch.Tensor], torch.Tensor], patch_size: int
 ) -> Tuple[torch.Tensor, Tuple[int, int]]:

@@ -40,9 +40,10 @@ def resolve_device(cfg) -> None:
 
 
 def default_setup_atomic(cfg, args) -> None:
-    """Detectron2's ``default_setup`` (loggers, environment, arguments and config logged, seeds),
-    except that ``OUTPUT_DIR/config.yaml`` is written atomically; ``clearclip_d2``'s logger is set
-    up too."""
+    """Detectron2's ``default_setup`` (loggers, environment, arguments and config logged, seeds,
+    ``CUDNN_BENCHMARK`` when training), except that ``OUTPUT_DIR/config.yaml`` is written
+    atomically and the ``--config-file`` text itself is not logged (the full config is);
+    ``clearclip_d2``'s logger is set up too."""
     output_dir, rank = cfg.OUTPUT_DIR, comm.get_rank()
     if comm.is_main_process() and output_dir:
         os.makedirs(output_dir, exist_ok=True)
@@ -59,3 +60,5 @@ def default_setup_atomic(cfg, args) -> None:
             f.write(cfg.dump())
         logger.info(f"Full config saved to {path}")
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
+    if not getattr(args, "eval_only", False):
+        torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
