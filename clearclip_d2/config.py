@@ -113,11 +113,11 @@ def load_clearclip_config(config_file: str, opts: Sequence[str] = ()) -> CN:
     except (KeyError, ValueError, AssertionError, TypeError) as e:
         raise ClearCLIPError(f"bad config file {config_file}: {e}") from e
     if len(opts) % 2:
-        raise ClearCLIPError(f"--opts needs KEY VALUE pairs, got an odd number of items: {' '.join(opts)}")
+        raise ClearCLIPError(f"config overrides need KEY VALUE pairs, got an odd number of items: {' '.join(opts)}")
     try:
         cfg.merge_from_list(list(opts))
     except (KeyError, ValueError, AssertionError, TypeError) as e:
-        raise ClearCLIPError(f"bad --opts override: {e}") from e
+        raise ClearCLIPError(f"bad config override ({' '.join(map(str, opts))}): {e}") from e
     return cfg
 
 

@@ -57,7 +57,16 @@ def test_benchmark_runs_on_the_tiny_model_and_writes_json(tiny_model_files, tmp_
 def test_benchmark_bad_size_is_one_line(tiny_model_files):
     result = run_benchmark(["--config-file", os.path.join(REPO_ROOT, "configs", "clearclip_coco.yaml"), "--size", "big"])
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["benchmark: error: --size 'big' must be HEIGHTxWIDTH in pixels, e.g. 448x640"]
+    assert result.stderr.strip().splitlines() == ["benchmark.py: error: --size 'big' must be HEIGHTxWIDTH in pixels, e.g. 448x640"]
+
+
+def test_benchmark_of_another_meta_architecture_is_one_line(tiny_model_files):
+    config = os.path.join(REPO_ROOT, "configs", "clearclip_backbone_sem_seg_fpn_coco.yaml")
+    result = run_benchmark(["--config-file", config, "--opts", "MODEL.DEVICE", "cpu"])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "benchmark.py: error: MODEL.META_ARCHITECTURE is 'SemanticSegmentor'; benchmark.py runs ClearCLIPSegmentor"
+    ]
 
 
 def test_encoder_flops_count_every_matrix_product(tiny_clip):

@@ -32,12 +32,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
-from clearclip_d2.config import check_clearclip_config, load_clearclip_config  # noqa: E402
 from clearclip_d2.engine import benchmark as bench  # noqa: E402
 from clearclip_d2.modeling.precision import PRECISIONS  # noqa: E402
 from clearclip_d2.modeling.slide_inference import slide_window_boxes  # noqa: E402
 from clearclip_d2.utils import ClearCLIPError, atomic_write_json  # noqa: E402
-from clearclip_d2.utils.cli import exit_on_user_error, resolve_device  # noqa: E402
+from clearclip_d2.utils.cli import exit_on_user_error, load_segmentor_config  # noqa: E402
+
+PROGRAM = "benchmark.py"
 
 PLACEHOLDER_VOCABULARY = ["background", "person", "car", "tree", "sky", "road", "building", "grass"]
 
@@ -176,9 +177,7 @@ def run_benchmark(args) -> dict:
         raise ClearCLIPError("--runs, --batch and --num-images must be >= 1 and --warmup >= 0")
     if not args.dataset:
         parse_size(args.size)
-    cfg = load_clearclip_config(args.config_file, args.opts)
-    resolve_device(cfg)
-    check_clearclip_config(cfg)
+    cfg = load_segmentor_config(args.config_file, args.opts, PROGRAM)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     cc = cfg.MODEL.CLEARCLIP
@@ -299,5 +298,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    with exit_on_user_error("benchmark"):
+    with exit_on_user_error(PROGRAM):
         main()

@@ -29,15 +29,13 @@ warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=Fu
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import build_detection_test_loader, build_detection_train_loader  # noqa: E402
 from detectron2.engine import DefaultTrainer, default_argument_parser, launch  # noqa: E402
 from detectron2.evaluation import print_csv_format  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
-from clearclip_d2 import add_clearclip_config  # noqa: E402
-from clearclip_d2.config import check_clearclip_config  # noqa: E402
+from clearclip_d2.config import check_clearclip_config, load_clearclip_config  # noqa: E402
 from clearclip_d2.data import ClearCLIPDatasetMapper  # noqa: E402
 from clearclip_d2.data.datasets import check_dataset_prepared  # noqa: E402
 from clearclip_d2.data.sem_seg_train import build_sem_seg_train_mapper  # noqa: E402
@@ -53,7 +51,8 @@ SUMMARY_METRICS = ("mIoU", "mIoU-mmseg", "fwIoU", "mACC", "pACC")
 
 
 class Trainer(DefaultTrainer):
-    """Detectron2's trainer with ClearCLIP's test-time data path and evaluator."""
+    """Detectron2's trainer with ClearCLIP's test-time data path and evaluator (resumable, bad
+    files stopped or skipped), and the sem-seg train loader for heads on the ClearCLIP backbone."""
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None, skip_bad_images=False):
@@ -72,8 +71,9 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name, dataset_dicts=None):
-        """The test loader of a dataset, or of ``dataset_dicts`` (the images still to evaluate),
-        whose unreadable images come out as markers for the evaluator."""
+        """The test loader of a dataset (Detectron2's signature, for hooks and user code), or of
+        ``dataset_dicts`` (the images still to evaluate, as :meth:`test` uses it), whose
+        unreadable images come out as markers for the evaluator."""
         if dataset_dicts is None:
             return build_detection_test_loader(cfg, dataset_name, mapper=ClearCLIPDatasetMapper(cfg, False))
         mapper = ClearCLIPDatasetMapper(cfg, False, mark_bad_images=True)
@@ -123,15 +123,7 @@ def print_results_table(dataset_name, results):
 
 def build_config(args):
     """Config from the file and the command-line overrides, checked before any process starts."""
-    cfg = get_cfg()
-    add_clearclip_config(cfg)
-    try:
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
-    except FileNotFoundError as e:
-        raise ClearCLIPError(f"config file {args.config_file} does not exist") from e
-    except (KeyError, ValueError, AssertionError, TypeError) as e:
-        raise ClearCLIPError(f"bad config ({args.config_file} or overrides): {e}") from e
+    cfg = load_clearclip_config(args.config_file, args.opts)
     resolve_device(cfg)
     cfg.freeze()
     return cfg
@@ -146,16 +138,12 @@ def check_config(cfg, args):
             )
     if cfg.MODEL.BACKBONE.NAME == "build_clearclip_backbone":
         check_clearclip_backbone_config(cfg)
-    if not args.eval_only:
-        if not cfg.DATASETS.TRAIN:
-            raise ClearCLIPError("DATASETS.TRAIN is empty: name the datasets to train on")
-        for dataset_name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
-            check_dataset_prepared(dataset_name)
-    if args.eval_only:
-        if not cfg.DATASETS.TEST:
-            raise ClearCLIPError("DATASETS.TEST is empty: name the datasets to evaluate")
-        for dataset_name in cfg.DATASETS.TEST:
-            check_dataset_prepared(dataset_name)
+    if args.eval_only and not cfg.DATASETS.TEST:
+        raise ClearCLIPError("DATASETS.TEST is empty: name the datasets to evaluate")
+    if not args.eval_only and not cfg.DATASETS.TRAIN:
+        raise ClearCLIPError("DATASETS.TRAIN is empty: name the datasets to train on")
+    for dataset_name in cfg.DATASETS.TEST if args.eval_only else [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]:
+        check_dataset_prepared(dataset_name)
 
 
 def main(args):

@@ -4,6 +4,7 @@ import contextlib
 import logging
 import os
 import sys
+from typing import Sequence
 
 import torch
 from detectron2.utils import comm
@@ -37,6 +38,24 @@ def resolve_device(cfg) -> None:
     if str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
         logging.getLogger(__name__).warning("CUDA is not available: running on the CPU (MODEL.DEVICE cpu)")
         cfg.MODEL.DEVICE = "cpu"
+
+
+def load_segmentor_config(config_file: str, opts: Sequence = (), program: str = "this tool"):
+    """The frozen, checked config of a tool that runs ``ClearCLIPSegmentor`` itself (demo,
+    feature analysis, benchmark): file + ``KEY VALUE`` overrides, CPU fall-back, and one line
+    for another ``MODEL.META_ARCHITECTURE`` or a bad ``MODEL.CLEARCLIP`` value."""
+    from ..config import check_clearclip_config, load_clearclip_config
+    from .errors import ClearCLIPError
+
+    cfg = load_clearclip_config(config_file, opts)
+    resolve_device(cfg)
+    cfg.freeze()
+    if cfg.MODEL.META_ARCHITECTURE != "ClearCLIPSegmentor":
+        raise ClearCLIPError(
+            f"MODEL.META_ARCHITECTURE is {cfg.MODEL.META_ARCHITECTURE!r}; {program} runs ClearCLIPSegmentor"
+        )
+    check_clearclip_config(cfg)
+    return cfg
 
 
 def default_setup_atomic(cfg, args) -> None:
