@@ -13,7 +13,7 @@ Output, read by ``voc_2012_val_20`` and ``voc_2012_val_21``::
 
 Usage::
 
-    python datasets/prepare_voc.py [--root DIR] [--variants voc20 voc21] [--workers N] [--force]
+    python datasets/prepare_voc.py [--root DIR] [--variants voc20 voc21] [--split val|train] [--workers N] [--force]
 """
 
 import os

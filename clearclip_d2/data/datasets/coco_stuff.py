@@ -10,8 +10,7 @@ made from the official stuffthingmaps by ``datasets/prepare_coco_stuff.py``.
 
 import os
 
-from ..benchmarks import get_benchmark
-from .common import class_entries, datasets_root, register_benchmark, register_sem_seg_dataset
+from .common import datasets_root, register_benchmark
 
 
 def register_coco_stuff(root: str) -> None:
@@ -20,14 +19,11 @@ def register_coco_stuff(root: str) -> None:
         image_root=os.path.join(root, "coco", "val2017"),
         sem_seg_root=os.path.join(root, "coco", "stuffthingmaps_detectron2", "val2017"),
     )
-    benchmark = get_benchmark("coco_stuff")
-    register_sem_seg_dataset(
-        "coco_2017_train_stuff_sem_seg",
+    register_benchmark(
+        "coco_stuff",
+        name="coco_2017_train_stuff_sem_seg",
         image_root=os.path.join(root, "coco", "train2017"),
         sem_seg_root=os.path.join(root, "coco", "stuffthingmaps_detectron2", "train2017"),
-        stuff_classes=class_entries(benchmark.class_names_file),
-        prepare_command=benchmark.prepare_command,
-        clearclip_prob_threshold=benchmark.prob_threshold,
     )
 
 

@@ -199,14 +199,15 @@ def load_prepared_sem_seg(name: str, layout: SemSegLayout, prepare_command: str)
     return [{"file_name": images[stem], "sem_seg_file_name": labels[stem]} for stem in stems]
 
 
-def register_benchmark(key: str, image_root: str, sem_seg_root: str, **kwargs) -> None:
+def register_benchmark(key: str, image_root: str, sem_seg_root: str, name: Optional[str] = None, **kwargs) -> None:
     """Register a benchmark of :data:`~clearclip_d2.data.benchmarks.BENCHMARKS` with its class list,
-    preparation command and reference background threshold (``clearclip_prob_threshold``)."""
+    preparation command and reference background threshold (``clearclip_prob_threshold``);
+    ``name``: another split of it (default: the benchmark's own dataset name)."""
     from ..benchmarks import get_benchmark
 
     benchmark = get_benchmark(key)
     register_sem_seg_dataset(
-        benchmark.dataset_name,
+        name or benchmark.dataset_name,
         image_root=image_root,
         sem_seg_root=sem_seg_root,
         stuff_classes=class_entries(benchmark.class_names_file),

@@ -1,7 +1,7 @@
 """Per benchmark: which official files are converted into which outputs, and how.
 
-Each ``*_tasks`` function lists the :class:`~.plumbing.ConversionTask` of one split (refusing a
-missing or empty download with the fix); the converters are module-level callables so that
+Each ``*_tasks`` function lists the :class:`~.plumbing.ConversionTask` of the requested split
+(``coco_tasks``: of each requested split), refusing a missing or empty download with the fix; the converters are module-level callables so that
 worker processes can receive them.
 """
 
@@ -12,6 +12,7 @@ import numpy as np
 
 from ...utils.errors import ClearCLIPError
 from ..class_lists import ade20k_full_categories
+from ..datasets.common import read_id_list
 from ..datasets.pascal_context import IMAGE_LIST as CONTEXT_IMAGE_LIST
 from ..vocabulary import load_vocabulary_file
 from . import label_maps as maps
@@ -54,7 +55,7 @@ def voc_tasks(root: str, split: str, variants: Sequence[str]) -> List[Conversion
     voc = os.path.join(root, VOC_DIR)
     fix = VOC2012.hint(root)
     plumbing.require_dir(os.path.join(voc, "SegmentationClass"), fix)
-    ids = plumbing.read_id_list(os.path.join(voc, "ImageSets", "Segmentation", f"{split}.txt"), "image list", fix)
+    ids = read_id_list(os.path.join(voc, "ImageSets", "Segmentation", f"{split}.txt"), "image list", fix)
     folders = dict(VOC_OUTPUTS)
     return [
         ConversionTask(
@@ -114,7 +115,7 @@ def context_val_ids(root: str) -> Tuple[List[str], List[str]]:
     """(ids of VOC2010's ``ImageSets/Main/val.txt`` that have a ``trainval/<id>.mat``, those that have not)."""
     voc2010 = os.path.join(root, CONTEXT_DIR)
     val_list = os.path.join(voc2010, "ImageSets", "Main", "val.txt")
-    ids = plumbing.read_id_list(val_list, "VOC2010 val list", VOC2010.hint(root))
+    ids = read_id_list(val_list, "VOC2010 val list", VOC2010.hint(root))
     mat_dir = os.path.join(voc2010, "trainval")
     plumbing.require_dir(mat_dir, PASCAL_CONTEXT.hint(root))
     available = {name[: -len(".mat")] for name in plumbing.files_with_suffix(mat_dir, ".mat")}

@@ -5,8 +5,9 @@
 * writing each output atomically; an output that exists with the same content is left
   alone ("unchanged"), one with other content is refused unless ``--force``;
 * a pool of worker processes with a progress bar; an error in a worker names its file;
-* the command line: ``--root`` (default ``$DETECTRON2_DATASETS``), ``--workers``, ``--force``,
-  errors as one line and exit status 2.
+* the command line: ``--root`` (default ``$DETECTRON2_DATASETS``), ``--workers``, ``--force``
+  (the scripts print errors as one line with exit status 2 through
+  :func:`clearclip_d2.utils.cli.exit_on_user_error`).
 """
 
 import argparse
@@ -24,11 +25,10 @@ from tqdm import tqdm
 
 from ...utils.errors import ClearCLIPError, some_values
 from ...utils.io import atomic_write
-from ..datasets.common import datasets_root, read_id_list  # noqa: F401  (read_id_list: for the scripts)
+from ..dataset_mapper import HIGH_BIT_DEPTH_MODES
+from ..datasets.common import datasets_root
 
 WRITTEN, UNCHANGED = "written", "unchanged"
-# PIL modes of photos with more than 8 bits a channel (refused: converting would lose or clip).
-HIGH_BIT_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
 # ------------------------------------------------------------------------------ outputs
@@ -206,18 +206,17 @@ def convert_and_report(desc: str, tasks: Sequence[ConversionTask], convert: Conv
 
 
 # ------------------------------------------------------------------------------ reading inputs
-def read_label_map(path: str, dtypes: Tuple[type, ...] = (np.uint8,)) -> np.ndarray:
-    """An official label file as an HxW array of one of ``dtypes``; anything else is refused."""
+def read_label_map(path: str) -> np.ndarray:
+    """An official label file as an HxW uint8 array; anything else is refused."""
     try:
         with Image.open(path) as image:
             mode = image.mode
             label = np.array(image)
     except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
         raise ClearCLIPError(f"cannot read label map {path}: {type(e).__name__}: {e}") from e
-    if label.ndim != 2 or label.dtype not in dtypes:
-        bits = "/".join(str(8 * np.dtype(d).itemsize) for d in dtypes)
+    if label.ndim != 2 or label.dtype != np.uint8:
         raise ClearCLIPError(
-            f"label map {path} is not a single-channel {bits}-bit image (PIL mode {mode}, shape {label.shape})"
+            f"label map {path} is not a single-channel 8-bit image (PIL mode {mode}, shape {label.shape})"
         )
     return label
 
