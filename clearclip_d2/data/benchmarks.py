@@ -27,7 +27,6 @@ class Benchmark:
     class_list: str  # stem of the bundled class-names file (resources/class_names/<class_list>.txt)
     config_name: str  # file name under configs/ (and configs/vit_l14/ where the paper has ViT-L/14)
     prepare_command: str  # the command that prepares it under $DETECTRON2_DATASETS
-    has_background: bool  # class 0 is "background" (predicted where the threshold is not reached)
 
     @property
     def class_names_file(self) -> str:
@@ -57,25 +56,25 @@ class Benchmark:
 
 BENCHMARKS: Tuple[Benchmark, ...] = (
     Benchmark("voc20", "VOC20", "voc_2012_val_20", 20, "voc20", "clearclip_voc20.yaml",
-              "python datasets/prepare_voc.py", False),
+              "python datasets/prepare_voc.py"),
     Benchmark("context59", "Context59", "pascal_context_59_val", 59, "context59", "clearclip_context59.yaml",
-              "python datasets/prepare_pascal_context.py", False),
+              "python datasets/prepare_pascal_context.py"),
     Benchmark("coco_stuff", "COCO-Stuff", "coco_2017_val_stuff_sem_seg", 171, "coco_stuff", "clearclip_coco.yaml",
-              "python datasets/prepare_coco_stuff.py", False),
+              "python datasets/prepare_coco_stuff.py"),
     Benchmark("cityscapes", "Cityscapes", "cityscapes_fine_sem_seg_val", 19, "city_scapes", "clearclip_cityscapes.yaml",
-              "python datasets/prepare_cityscapes.py", False),
+              "python datasets/prepare_cityscapes.py"),
     Benchmark("ade20k", "ADE20K", "ade20k_sem_seg_val", 150, "ade20k", "clearclip_ade20k.yaml",
-              "python datasets/prepare_ade20k.py", False),
+              "python datasets/prepare_ade20k.py"),
     Benchmark("voc21", "VOC21", "voc_2012_val_21", 21, "voc21", "clearclip_voc21.yaml",
-              "python datasets/prepare_voc.py", True),
+              "python datasets/prepare_voc.py"),
     Benchmark("context60", "Context60", "pascal_context_60_val", 60, "context60", "clearclip_context60.yaml",
-              "python datasets/prepare_pascal_context.py", True),
+              "python datasets/prepare_pascal_context.py"),
     Benchmark("coco_object", "COCO-Object", "coco_2017_val_object_sem_seg", 81, "coco_object", "clearclip_coco_object.yaml",
-              "python datasets/prepare_coco_object.py", True),
+              "python datasets/prepare_coco_object.py"),
     Benchmark("ade20k_full", "ADE20K-847", "ade20k_full_sem_seg_val", 847, "ade20k_full", "clearclip_ade20k_full.yaml",
-              "python datasets/prepare_ade20k_full.py", False),
+              "python datasets/prepare_ade20k_full.py"),
     Benchmark("context459", "Context459", "pascal_context_459_val", 459, "context459", "clearclip_context459.yaml",
-              "python datasets/prepare_pascal_context.py", False),
+              "python datasets/prepare_pascal_context.py"),
 )
 
 
