@@ -150,6 +150,35 @@ def independent_miou(root, tiny_clip, model_type):
     return reference_metrics(root, len(SIZES), model, text, model_type)[0]
 
 
+def weighted_encode_image(res_weight, attn_weight):
+    """``ref.encode_image`` with the last block's ``res_weight * X_res + attn_weight * X_attn`` (no FFN)."""
+
+    def encode_image(visual, img, model_type="vanilla", ignore_residual=True):
+        batch, _, w, h = img.shape
+        x = visual.conv1(img)
+        x = x.reshape(batch, x.shape[1], -1).permute(0, 2, 1)
+        x = torch.cat([visual.class_embedding.view(1, 1, -1).expand(batch, -1, -1).to(x.dtype), x], dim=1)
+        if x.shape[1] != visual.positional_embedding.shape[0]:
+            x = x + ref.interpolate_pos_encoding(visual, x, w, h).to(x.dtype)
+        else:
+            x = x + visual.positional_embedding.to(x.dtype)
+        x = visual.ln_pre(x)
+        for block in visual.transformer.resblocks[:-1]:
+            x = block(x)
+        last = visual.transformer.resblocks[-1]
+        x_attn = ref.custom_attn(last.attn, last.ln_1(x).permute(1, 0, 2), model_type).permute(1, 0, 2)
+        return visual.ln_post(res_weight * x + attn_weight * x_attn)[:, 1:] @ visual.proj
+
+    return encode_image
+
+
+def independent_weighted_miou(root, tiny_clip, monkeypatch, res_weight, attn_weight):
+    """mIoU of the reference pipeline (plain CLIP q-k attention) on res_weight * X_res + attn_weight * X_attn."""
+    with monkeypatch.context() as patch:
+        patch.setattr(ref, "encode_image", weighted_encode_image(res_weight, attn_weight))
+        return independent_miou(root, tiny_clip, "vanilla")
+
+
 @pytest.fixture(scope="module")
 def analysis_run(coco_root, tmp_path_factory, tiny_model_files):
     """Run the tool once: statistics on two 224 x 224 images, mIoU on the synthetic COCO-Stuff."""
@@ -208,9 +237,13 @@ def test_tool_layer_statistics_match_open_clip_and_explicit_formulas(analysis_ru
     assert list(variants) == ["qk", "qq", "kk", "vv", "qq+kk", "identity", "naclip"]
     assert float(variants["qk"]["norm_x_attn"]) == pytest.approx(float(rows[(2, "x_attn")]["norm"]), rel=1e-5)
     assert {r["norm_x_res"] for r in variants.values()} == {variants["qk"]["norm_x_res"]}
+    last_res = parts[-1][0][:, 1:].double()  # the last block's X_res, from open_clip's modules
+    last_res_norm = np.mean([[float(token.norm()) for token in image] for image in last_res])
+    for name, row in variants.items():
+        assert float(row["norm_x_res"]) == pytest.approx(last_res_norm, rel=1e-5), name
 
 
-def test_tool_miou_matches_the_reference_pipeline(analysis_run, coco_root, tiny_clip):
+def test_tool_miou_matches_the_reference_pipeline(analysis_run, coco_root, tiny_clip, monkeypatch):
     out, _ = analysis_run
     variants = {r["attention"]: float(r["miou_x_attn"]) for r in read_csv(out / "attention_variants.csv")}
     assert variants["qq"] == pytest.approx(independent_miou(coco_root, tiny_clip, "ClearCLIP"), abs=0.05)
@@ -223,6 +256,18 @@ def test_tool_miou_matches_the_reference_pipeline(analysis_run, coco_root, tiny_
     assert [float(r["alpha"]) for r in sweep] == ALPHAS
     assert float(sweep[1]["miou"]) == features["x_sum"]  # alpha 1 is X_sum
     assert all(0.0 <= float(r["miou"]) <= 100.0 for r in sweep)
+    # Each feature and sweep point against the reference pipeline with the same mixture of X_res and X_attn.
+    vanilla = independent_miou(coco_root, tiny_clip, "vanilla")
+    assert independent_weighted_miou(coco_root, tiny_clip, monkeypatch, 0.0, 1.0) == pytest.approx(vanilla, abs=1e-9)
+    expected = {name: independent_weighted_miou(coco_root, tiny_clip, monkeypatch, *weights)
+                for name, weights in (("x_res", (1.0, 0.0)), ("x_sum", (1.0, 1.0)))}
+    assert features["x_res"] == pytest.approx(expected["x_res"], abs=0.05)
+    assert features["x_sum"] == pytest.approx(expected["x_sum"], abs=0.05)
+    assert features["x_res"] != features["x_attn"]
+    for row in sweep:
+        alpha = float(row["alpha"])
+        expected_sweep = independent_weighted_miou(coco_root, tiny_clip, monkeypatch, 1.0, alpha)
+        assert float(row["miou"]) == pytest.approx(expected_sweep, abs=0.05), alpha
 
 
 # ----------------------------------------------------------------------------- errors

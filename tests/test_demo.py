@@ -154,6 +154,16 @@ def test_demo_writes_pngs_and_json_for_a_folder_and_a_video(tmp_path, tiny_json)
     video = read_video(out / "clip_overlay.mp4")
     even_size = tuple(side + side % 2 for side in overlay_size)  # MPEG-4 needs even sides
     assert len(video) == 3 and (video[0].shape[1], video[0].shape[0]) == even_size
+    # Each decoded frame (RGB) is that frame's overlay PNG (mp4v is lossy; swapped channels differ far more).
+    for index, decoded in enumerate(video):
+        with Image.open(out / "clip" / f"clip_{index:06d}_overlay.png") as png:
+            overlay = np.array(png.convert("RGB")).astype(np.float64)
+        region = decoded[: overlay.shape[0], : overlay.shape[1]].astype(np.float64)
+        difference = np.abs(region - overlay).mean()
+        assert difference < 10, f"frame {index}: mean abs difference {difference:.1f} from its overlay"
+        # The picture itself (top left; red > green > blue): ~6 here, ~40 with red and blue swapped.
+        picture = np.abs(region[:48, :64] - overlay[:48, :64]).mean()
+        assert picture < 15, f"frame {index}: mean abs difference {picture:.1f} from its overlay's picture"
 
 
 def test_overlay_legend_lists_the_classes_present_largest_first():
