@@ -300,3 +300,14 @@ def test_bad_arguments_give_one_line(tmp_path, capsys, tiny_model_files, args, f
     for fragment in fragments:
         assert fragment in message
     assert not (tmp_path / "out").exists()
+
+
+def test_another_meta_architecture_gives_one_line(tmp_path, capsys, tiny_model_files):
+    model_json, _ = tiny_model_files
+    with pytest.raises(SystemExit) as info:
+        load_tool().main(["--input", "x.png", "--output", str(tmp_path / "out"), "--opts", "MODEL.CLEARCLIP.MODEL_NAME",
+                          model_json, "MODEL.DEVICE", "cpu", "MODEL.META_ARCHITECTURE", "SemanticSegmentor"])  # fmt: skip
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "analyze_features.py: error: MODEL.META_ARCHITECTURE is 'SemanticSegmentor'; analyze_features.py runs ClearCLIPSegmentor"
+    )

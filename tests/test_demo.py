@@ -246,7 +246,7 @@ def unreadable_codec_video(tmp_path):
         ("duplicate_classes", "'Cat' appears twice"),
         ("output_is_a_file", "is a file, but the results need a folder"),
         ("file_output_for_two_images", "there are 2 inputs; give a folder"),
-        ("file_output_for_a_video", "there are a video; give a folder"),
+        ("file_output_for_a_video", "but the input is a video; give a folder"),
         ("missing_mask_model_config", "/nonexistent/mask_rcnn.yaml does not exist"),
     ],
 )

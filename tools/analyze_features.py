@@ -47,13 +47,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from clearclip_d2.config import check_clearclip_config, load_clearclip_config  # noqa: E402
 from clearclip_d2.data import ClearCLIPDatasetMapper, ResizeShortLongEdge, read_image_or_fail  # noqa: E402
 from clearclip_d2.data.image_files import expand_inputs  # noqa: E402
 from clearclip_d2.modeling.analysis import FEATURE_WEIGHTS, FEATURES, FeatureStatistics, LastBlockFeatureEncoder  # noqa: E402
 from clearclip_d2.modeling.decomposition import ATTENTION_VARIANTS, get_attention_variant  # noqa: E402
 from clearclip_d2.utils import ClearCLIPError, atomic_write  # noqa: E402
-from clearclip_d2.utils.cli import exit_on_user_error, resolve_device  # noqa: E402
+from clearclip_d2.utils.cli import exit_on_user_error, load_segmentor_config  # noqa: E402
 
 PROGRAM = "analyze_features.py"
 DEFAULT_CONFIG = "configs/clearclip_coco.yaml"
@@ -111,11 +110,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 # ----------------------------------------------------------------------------- arguments
 def setup_cfg(args):
-    cfg = load_clearclip_config(args.config_file, args.opts)
-    resolve_device(cfg)
-    cfg.freeze()
-    check_clearclip_config(cfg)
-    return cfg
+    return load_segmentor_config(args.config_file, args.opts, PROGRAM)
 
 
 def parse_variants(text: str, option: str) -> List[str]:

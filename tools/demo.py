@@ -54,11 +54,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from clearclip_d2.config import check_clearclip_config, load_clearclip_config  # noqa: E402
 from clearclip_d2.data import Vocabulary, load_vocabulary_file, read_image_or_fail, vocabulary_from_names  # noqa: E402
 from clearclip_d2.data.image_files import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, expand_inputs  # noqa: E402
 from clearclip_d2.utils import ClearCLIPError, atomic_write, atomic_write_json  # noqa: E402
-from clearclip_d2.utils.cli import exit_on_user_error, resolve_device  # noqa: E402
+from clearclip_d2.utils.cli import exit_on_user_error, load_segmentor_config  # noqa: E402
 
 PROGRAM = "demo.py"
 DEFAULT_CONFIG = "configs/clearclip_coco.yaml"
@@ -135,15 +134,8 @@ def get_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- config
 def setup_cfg(args):
     """Config from the file, the overrides and the flags; the device falls back to the CPU."""
-    cfg = load_clearclip_config(args.config_file, args.opts)
-    if args.prob_threshold is not None:
-        cfg.MODEL.CLEARCLIP.PROB_THRESHOLD = float(args.prob_threshold)
-    resolve_device(cfg)
-    cfg.freeze()
-    if cfg.MODEL.META_ARCHITECTURE != "ClearCLIPSegmentor":
-        raise ClearCLIPError(f"MODEL.META_ARCHITECTURE is {cfg.MODEL.META_ARCHITECTURE!r}; the demo runs ClearCLIPSegmentor")
-    check_clearclip_config(cfg)
-    return cfg
+    threshold = [] if args.prob_threshold is None else ["MODEL.CLEARCLIP.PROB_THRESHOLD", float(args.prob_threshold)]
+    return load_segmentor_config(args.config_file, list(args.opts) + threshold, "the demo")
 
 
 def parse_vocabulary_string(text: str) -> Vocabulary:
@@ -308,8 +300,8 @@ def plan_jobs(output: str, inputs: Sequence[str]) -> List[Job]:
     videos = {path: probe_video(path) for path in inputs if path.lower().endswith(VIDEO_EXTENSIONS)}
     if output.lower().endswith(IMAGE_EXTENSIONS) and not os.path.isdir(output):
         if len(inputs) != 1 or videos:
-            what = "a video" if videos else f"{len(inputs)} inputs"
-            raise ClearCLIPError(f"--output {output} names one image file but there are {what}; give a folder")
+            what = "the input is a video" if videos else f"there are {len(inputs)} inputs"
+            raise ClearCLIPError(f"--output {output} names one image file but {what}; give a folder")
         check_parent_is_folder(output)
         return [Job(inputs[0], "image", output, os.path.splitext(output)[0])]
     if os.path.exists(output) and not os.path.isdir(output):

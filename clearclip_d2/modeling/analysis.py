@@ -128,15 +128,16 @@ class FeatureStatistics:
     @torch.no_grad()
     def update(self, encoder: DenseCLIPEncoder, images: torch.Tensor) -> None:
         """Add a batch of normalised images [B, 3, H, W] (H, W multiples of the patch size)."""
+        last_block = None
         for block in decompose_blocks(encoder, images):  # one block at a time: memory stays small
             for feature in FEATURES:
-                patches = block.patches(feature)
+                patches = block.patches(feature)  # [B, N, C]
                 for name, statistic in self.STATISTICS.items():
                     self._sums[(block.layer, feature, name)] += statistic(patches).sum().item()
-                channel_sum = channel_mean(patches).double().cpu() * (patches.shape[0] * patches.shape[1])
                 key = (block.layer, feature)
-                self._channel_sums[key] = self._channel_sums.get(key, 0) + channel_sum
-        x_res = block.x_res  # the last block's
+                self._channel_sums[key] = self._channel_sums.get(key, 0) + patches.double().sum(dim=(0, 1)).cpu()
+            last_block = block
+        x_res = last_block.x_res
         layout = encoder.token_layout(*images.shape[-2:])
         for name, attention in self.variants.items():
             x_attn = attention_branch(encoder.visual.transformer.resblocks[-1], x_res, attention, layout)
