@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 
 SHARD_FOLDER = "eval_shards"
 FINGERPRINT_FILE = "fingerprint.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: CLIP weights identified as in the text-embedding cache
 
 # Keys that change speed or memory only: changing them between a run and its resume is allowed.
 RESULT_NEUTRAL_KEYS = frozenset(
@@ -269,16 +269,9 @@ def weights_identity(cfg) -> Dict[str, str]:
     identity = {}
     cc = cfg.MODEL.get("CLEARCLIP")
     if cc is not None:
-        from ..modeling.clip_loading import check_pretrained, resolve_architecture
+        from ..modeling.clip_loading import resolve_architecture, weights_identity as clip_weights
 
-        arch = resolve_architecture(cc.MODEL_NAME)
-        kind = check_pretrained(arch, cc.PRETRAINED)
-        if kind == "file":
-            identity["MODEL.CLEARCLIP.PRETRAINED"] = f"sha256 {file_sha256(cc.PRETRAINED)}"
-        elif kind == "tag":
-            identity["MODEL.CLEARCLIP.PRETRAINED"] = f"open_clip tag {arch}/{cc.PRETRAINED}"
-        else:
-            identity["MODEL.CLEARCLIP.PRETRAINED"] = "random (seed 0)"
+        identity["MODEL.CLEARCLIP.PRETRAINED"] = clip_weights(resolve_architecture(cc.MODEL_NAME), cc.PRETRAINED)
     if cfg.MODEL.WEIGHTS:
         weights = cfg.MODEL.WEIGHTS
         identity["MODEL.WEIGHTS"] = f"sha256 {file_sha256(weights)}" if os.path.isfile(weights) else weights

@@ -70,6 +70,19 @@ def build_clip_model_from_config(cfg) -> Tuple[nn.Module, Callable, str]:
     )
 
 
+def weights_identity(arch: str, pretrained: str) -> Dict[str, str]:
+    """What identifies the weights of ``PRETRAINED`` (text-embedding cache key, evaluation
+    fingerprint): a checkpoint file by its content hash, an open_clip tag by tag and source, or
+    random weights by their seed."""
+    kind = check_pretrained(arch, pretrained)
+    if kind == "random":
+        return {"kind": "random", "seed": "0"}
+    if kind == "file":
+        return {"kind": "file", "sha256": file_sha256(pretrained)}
+    tag_cfg = get_pretrained_cfg(arch, pretrained)
+    return {"kind": "tag", "tag": pretrained, "source": str(tag_cfg.get("hf_hub") or tag_cfg.get("url", ""))}
+
+
 def supported_architectures() -> List[str]:
     """open_clip architectures whose image tower is a plain ViT this plugin can decompose."""
     return [name for name in open_clip.list_models() if _is_plain_vit(open_clip.get_model_config(name) or {})]

@@ -28,8 +28,8 @@ from typing import Callable, Dict, Optional, Sequence
 import open_clip
 import torch
 
-from ..utils.io import atomic_write, file_sha256
-from .clip_loading import check_pretrained
+from ..utils.io import atomic_write
+from .clip_loading import weights_identity
 
 logger = logging.getLogger(__name__)
 
@@ -46,19 +46,6 @@ def default_text_cache_dir() -> str:
         return os.environ[CACHE_DIR_ENV]
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "clearclip_d2", "text_embeddings")
-
-
-def weights_identity(arch: str, pretrained: str) -> Dict[str, str]:
-    """What identifies the weights of ``PRETRAINED`` (see the module docstring)."""
-    kind = check_pretrained(arch, pretrained)
-    if kind == "random":
-        return {"kind": "random", "seed": "0"}
-    if kind == "file":
-        return {"kind": "file", "sha256": file_sha256(pretrained)}
-    from open_clip.pretrained import get_pretrained_cfg
-
-    tag_cfg = get_pretrained_cfg(arch, pretrained)
-    return {"kind": "tag", "tag": pretrained, "source": str(tag_cfg.get("hf_hub") or tag_cfg.get("url", ""))}
 
 
 def model_identity(arch: str, pretrained: str, force_quick_gelu: bool) -> Dict:
