@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..modeling.dense_encoder import DenseCLIPEncoder
-from ..modeling.slide_inference import centred_padding, slide_window_boxes
+from ..modeling.slide_inference import padded_size, slide_window_boxes
 from ..utils.io import write_proc_control
 
 
@@ -179,8 +179,7 @@ def window_sizes(height: int, width: int, crop: int, stride: int, patch_size: in
         return {(height // patch_size * patch_size, width // patch_size * patch_size): 1}
     sizes: Dict[Tuple[int, int], int] = {}
     for y1, x1, y2, x2 in slide_window_boxes(height, width, crop, stride):
-        left, right, top, bottom = centred_padding(y2 - y1, x2 - x1, patch_size)
-        size = (y2 - y1 + top + bottom, x2 - x1 + left + right)
+        size = padded_size(y2 - y1, x2 - x1, patch_size)
         sizes[size] = sizes.get(size, 0) + 1
     return sizes
 

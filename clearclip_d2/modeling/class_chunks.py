@@ -123,7 +123,7 @@ def chunked_peak_bytes(
     window). No term has the vocabulary size in it, and none multiplies the window batch by
     the class chunk.
     """
-    from .slide_inference import slide_window_boxes
+    from .slide_inference import padded_size, slide_window_boxes
 
     height, width_px = resized_size
     if crop > 0:
@@ -131,7 +131,8 @@ def chunked_peak_bytes(
         window_h, window_w = min(crop, height), min(crop, width_px)
     else:
         num_windows, window_h, window_w = 1, height, width_px
-    tokens = -(-window_h // patch_size) * -(-window_w // patch_size) + 1
+    padded_h, padded_w = padded_size(window_h, window_w, patch_size)
+    tokens = (padded_h // patch_size) * (padded_w // patch_size) + 1
     encoder = window_batch * tokens * (16 * width + heads * tokens) * 4
     windows = num_windows * tokens * embed_dim * 4
     chunk = class_chunk * (out_size[0] * out_size[1] + 2 * height * width_px + window_h * window_w) * 4

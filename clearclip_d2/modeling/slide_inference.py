@@ -36,6 +36,12 @@ def slide_window_boxes(height: int, width: int, crop: int, stride: int) -> List[
     return boxes
 
 
+def padded_size(height: int, width: int, multiple: int) -> Tuple[int, int]:
+    """(height, width) rounded up to multiples of ``multiple``: a window's size after
+    :func:`centred_padding`."""
+    return -(-height // multiple) * multiple, -(-width // multiple) * multiple
+
+
 def centred_padding(height: int, width: int, multiple: int) -> Tuple[int, int, int, int]:
     """(left, right, top, bottom) zero padding that makes both sides multiples of ``multiple``."""
     pad_w = (multiple - width % multiple) % multiple
@@ -86,7 +92,7 @@ def encode_windows(
     encoded = []
     for (height, width), jobs in jobs_by_size.items():
         padding = centred_padding(height, width, patch_size)
-        grid = ((height + padding[2] + padding[3]) // patch_size, (width + padding[0] + padding[1]) // patch_size)
+        grid = tuple(side // patch_size for side in padded_size(height, width, patch_size))
         for start in range(0, len(jobs), window_batch):
             chunk = jobs[start : start + window_batch]
             crops = torch.stack([images[i][:, y1:y2, x1:x2] for i, (y1, x1, y2, x2) in chunk])
