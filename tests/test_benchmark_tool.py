@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -38,6 +39,7 @@ def test_benchmark_runs_on_the_tiny_model_and_writes_json(tiny_model_files, tmp_
     ])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "speed-up fast / reference" in result.stdout and "images/s" in result.stdout
+    assert re.search(r"\| encoder alone: windows per batch +\| 4 +\| 1 +\|", result.stdout), result.stdout
     with open(json_path) as f:
         report = json.load(f)
     assert report["threads"] == 1 and report["batch"] == 2 and report["image_size"] == [80, 130]

@@ -20,11 +20,13 @@ input size (after the test-time resize), a synthetic image; ``--dataset`` maps t
 """
 
 import argparse
+import itertools
 import logging
 import os
 import sys
 import time
 import warnings
+from typing import List
 
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -109,12 +111,10 @@ def measure_mode(model, batches, args, reference_style: bool, flops_per_image: f
     """Timing, memory and FLOP figures of one mode (fast or reference-style)."""
     device = model.device
     model.reference_style = reference_style
-    position = {"next": 0}
+    next_batch = itertools.cycle(batches).__next__
 
     def run():
-        batch = batches[position["next"] % len(batches)]
-        position["next"] += 1
-        return model(batch)
+        return model(next_batch())
 
     with torch.no_grad():
         run()  # first call: allocations, caches
@@ -256,21 +256,28 @@ ROWS = [
 ]
 
 
-def format_report(report: dict) -> str:
-    modes = list(report["modes"])
+ENCODER_ROWS = [
+    ("encoder alone: windows per batch", "windows_per_batch", "{}"),
+    ("encoder alone: windows/s", "windows_per_s", "{:.3f}"),
+    ("encoder alone: GFLOP/s", "achieved_gflops_per_s", "{:.1f}"),
+    ("encoder alone: fraction of matmul peak", "fraction_of_matmul_peak", "{:.1%}"),
+]
+
+
+def table_rows(specs, columns: List[dict]) -> List[List[str]]:
+    """One row per ``(label, key, format)`` of ``specs`` that some column has ("-" where missing)."""
     rows = []
-    for label, key, fmt in ROWS:
-        if any(key in report["modes"][m] for m in modes):
-            rows.append([label] + [fmt.format(report["modes"][m][key]) if key in report["modes"][m] else "-" for m in modes])
-    for label, key, fmt in [
-        ("encoder alone: windows per batch", "windows_per_batch", "{}"),
-        ("encoder alone: windows/s", "windows_per_s", "{:.3f}"),
-        ("encoder alone: GFLOP/s", "achieved_gflops_per_s", "{:.1f}"),
-        ("encoder alone: fraction of matmul peak", "fraction_of_matmul_peak", "{:.1%}"),
-    ]:
-        values = [report["modes"][m]["encoder_alone"].get(key) for m in modes]
+    for label, key, fmt in specs:
+        values = [column.get(key) for column in columns]
         if any(v is not None for v in values):
             rows.append([label] + [fmt.format(v) if v is not None else "-" for v in values])
+    return rows
+
+
+def format_report(report: dict) -> str:
+    modes = list(report["modes"])
+    results = [report["modes"][m] for m in modes]
+    rows = table_rows(ROWS, results) + table_rows(ENCODER_ROWS, [r["encoder_alone"] for r in results])
     header = (
         f"{report['model']} on {report['device']} ({report['precision']}, {report['threads']} threads), "
         f"{report['input']}, batch {report['batch']}, {report['windows_per_image']} windows/image "

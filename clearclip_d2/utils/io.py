@@ -1,4 +1,6 @@
-"""Atomic file writes (a reader never sees a half-written file) and file hashes."""
+"""File writes: atomic ones (a reader never sees a half-written file), file hashes, and the one
+non-atomic write the project makes, to a /proc control file (kept here, where the static check
+of tests/test_atomic_files.py allows raw writes)."""
 
 import contextlib
 import hashlib
