@@ -128,11 +128,12 @@ def _missing_folder_message(name: str, folder: str, prepare_command) -> str:
     return f"dataset {name}: folder {folder} does not exist (DETECTRON2_DATASETS={datasets_root()}); {fix}"
 
 
-def _files_by_stem(root: str, suffix: str, subfolders: bool) -> Dict[str, str]:
-    """``{stem: path}`` of the files ending with ``suffix`` (stems include the subfolder)."""
+def files_by_stem(root: str, suffix: str, subfolders: bool = False) -> Dict[str, str]:
+    """``{stem: path}`` of the files in ``root`` (or, with ``subfolders``, in its subfolders)
+    ending with ``suffix``; stems include the subfolder; hidden files and folders are left out."""
     folders = [""]
     if subfolders:
-        folders = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+        folders = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
     files = {}
     for folder in folders:
         with os.scandir(os.path.join(root, folder)) as entries:
@@ -165,8 +166,8 @@ def load_prepared_sem_seg(name: str, layout: SemSegLayout, prepare_command: str)
     for folder in (layout.image_root, layout.sem_seg_root):
         if not os.path.isdir(folder):
             raise ClearCLIPError(_missing_folder_message(name, folder, prepare_command))
-    images = _files_by_stem(layout.image_root, layout.image_suffix, layout.subfolders)
-    labels = _files_by_stem(layout.sem_seg_root, layout.label_suffix, layout.subfolders)
+    images = files_by_stem(layout.image_root, layout.image_suffix, layout.subfolders)
+    labels = files_by_stem(layout.sem_seg_root, layout.label_suffix, layout.subfolders)
     if layout.image_list:
         stems = read_id_list(layout.image_list, f"dataset {name}: image list", f"run: {prepare_command}")
         no_image = [stem for stem in stems if stem not in images]

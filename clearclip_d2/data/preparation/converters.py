@@ -12,7 +12,7 @@ import numpy as np
 
 from ...utils.errors import ClearCLIPError
 from ..class_lists import ade20k_full_categories
-from ..datasets.common import read_id_list
+from ..datasets.common import files_by_stem, read_id_list
 from ..datasets.pascal_context import IMAGE_LIST as CONTEXT_IMAGE_LIST
 from ..vocabulary import load_vocabulary_file
 from . import label_maps as maps
@@ -118,7 +118,7 @@ def context_val_ids(root: str) -> Tuple[List[str], List[str]]:
     ids = read_id_list(val_list, "VOC2010 val list", VOC2010.hint(root))
     mat_dir = os.path.join(voc2010, "trainval")
     plumbing.require_dir(mat_dir, PASCAL_CONTEXT.hint(root))
-    available = {name[: -len(".mat")] for name in plumbing.files_with_suffix(mat_dir, ".mat")}
+    available = set(files_by_stem(mat_dir, ".mat"))
     labelled = [i for i in ids if i in available]
     if not labelled:
         raise ClearCLIPError(f"no image of the VOC2010 val list has a label map in {mat_dir}; {PASCAL_CONTEXT.hint(root)}")

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ...utils.errors import ClearCLIPError, some_values
 from ...utils.io import atomic_write
 from ..dataset_mapper import HIGH_BIT_DEPTH_MODES
-from ..datasets.common import datasets_root
+from ..datasets.common import datasets_root, files_by_stem
 
 WRITTEN, UNCHANGED = "written", "unchanged"
 
@@ -152,18 +152,10 @@ def folder_tasks(
 ) -> List[ConversionTask]:
     """One task per file of ``source_dir`` (or of its subfolders) ending with ``source_suffix``,
     written to the same relative place in ``output_dir`` with ``output_suffix``; none is an error."""
-    folders = [""]
-    if subfolders:
-        folders = sorted(e.name for e in os.scandir(source_dir) if e.is_dir() and not e.name.startswith("."))
-    tasks = []
-    for folder in folders:
-        for name in files_with_suffix(os.path.join(source_dir, folder), source_suffix):
-            stem = name[: -len(source_suffix)]
-            tasks.append(
-                ConversionTask(
-                    os.path.join(source_dir, folder, name), (os.path.join(output_dir, folder, stem + output_suffix),)
-                )
-            )
+    files = files_by_stem(source_dir, source_suffix, subfolders)
+    tasks = [
+        ConversionTask(path, (os.path.join(output_dir, stem + output_suffix),)) for stem, path in sorted(files.items())
+    ]
     if not tasks:
         where = os.path.join(source_dir, "*", "") if subfolders else os.path.join(source_dir, "")
         raise ClearCLIPError(f"{where} holds no *{source_suffix} files; {fix}")
@@ -263,11 +255,6 @@ def valid_values(dtype, *ranges: Tuple[int, int]) -> np.ndarray:
 def require_dir(path: str, fix: str) -> None:
     if not os.path.isdir(path):
         raise ClearCLIPError(f"{path} does not exist; {fix}")
-
-
-def files_with_suffix(folder: str, suffix: str) -> List[str]:
-    """Sorted names of the files in ``folder`` ending with ``suffix`` (hidden files left out)."""
-    return sorted(n for n in os.listdir(folder) if n.endswith(suffix) and not n.startswith("."))
 
 
 # ------------------------------------------------------------------------------ command line
