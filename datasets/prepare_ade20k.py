@@ -35,7 +35,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     )
     args = parser.parse_args(argv)
     with exit_on_user_error(PROGRAM):
-        for split in dict.fromkeys(args.splits):
+        for split in args.splits:
             destination = os.path.join(args.root, converters.ADE20K_DIR, "annotations_detectron2", split)
             plumbing.convert_and_report(split, converters.ade20k_tasks(args.root, split), converters.ADE20K_CONVERSION,
                                         destination, args)

@@ -42,7 +42,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
     with exit_on_user_error(PROGRAM):
         converters.check_ade20k_full_class_list()
-        for split in dict.fromkeys(args.splits):
+        for split in args.splits:
             destination = os.path.join(args.root, converters.ADE_FULL_DIR, "*_detectron2", split)
             plumbing.convert_and_report(split, converters.ade20k_full_tasks(args.root, split),
                                         converters.convert_ade20k_full, destination, args)

@@ -42,11 +42,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "from PASCAL-Context's trainval .mat files.",
         "VOCdevkit/VOC2010/",
     )
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
-                        help="class sets to make (default: all three)")
+    plumbing.add_list_option(parser, "--variants", VARIANTS, VARIANTS, "class sets to make")
     args = parser.parse_args(argv)
     with exit_on_user_error(PROGRAM):
-        variants = list(dict.fromkeys(args.variants))
+        variants = args.variants
         subset_ids = converters.context59_subset_ids(args.root)
         ids, without_label = converters.context_val_ids(args.root)
         if without_label:

@@ -36,12 +36,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "from VOC2012's SegmentationClass maps.",
         "VOCdevkit/VOC2012/",
     )
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
-                        help="label sets to make (default: both)")
+    plumbing.add_list_option(parser, "--variants", VARIANTS, VARIANTS, "label sets to make")
     parser.add_argument("--split", choices=("val", "train"), default="val", help="image list (default: val)")
     args = parser.parse_args(argv)
     with exit_on_user_error(PROGRAM):
-        variants = list(dict.fromkeys(args.variants))
+        variants = args.variants
         folders = dict(converters.VOC_OUTPUTS)
         destinations = ", ".join(os.path.join(args.root, converters.VOC_DIR, folders[v], args.split) for v in variants)
         plumbing.convert_and_report(args.split, converters.voc_tasks(args.root, args.split, variants),

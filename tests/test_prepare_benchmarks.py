@@ -244,3 +244,13 @@ def test_ade20k_full_class_ids_from_seg_colours():
     seg = fixtures.ade_full_seg_png(ids, np.random.default_rng(0))
     assert maps.ade20k_full_class_ids(seg).tolist() == ids.tolist()
     assert maps.ade20k_full_labels(seg).tolist() == [[0, 11, 65535, 65535]]
+
+
+def test_repeated_splits_and_variants_are_converted_once():
+    from clearclip_d2.data.preparation import plumbing
+
+    parser = plumbing.preparation_parser("p", "d", "x/", splits=("train", "val"), default_splits=("val",))
+    plumbing.add_list_option(parser, "--variants", ("a", "b"), ("a", "b"), "sets")
+    args = parser.parse_args(["--splits", "val", "train", "val", "--variants", "b", "b", "a"])
+    assert args.splits == ["val", "train"] and args.variants == ["b", "a"]
+    assert parser.parse_args([]).splits == ["val"] and parser.parse_args([]).variants == ["a", "b"]

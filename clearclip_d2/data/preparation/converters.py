@@ -39,7 +39,7 @@ def coco_tasks(root: str, splits: Sequence[str], output_dir: str) -> List[Tuple[
 def convert_coco(args, output_dir: str, lut: np.ndarray) -> None:
     """Convert the ``args.splits`` of ``coco/stuffthingmaps`` through ``lut`` into ``output_dir``."""
     conversion = LookupConversion((lut,), maps.COCO_RAW_VALID, maps.COCO_RAW_ALLOWED, maps.COCO_RAW_HINT)
-    for split, tasks in coco_tasks(args.root, list(dict.fromkeys(args.splits)), output_dir):
+    for split, tasks in coco_tasks(args.root, args.splits, output_dir):
         plumbing.convert_and_report(split, tasks, conversion, os.path.join(args.root, output_dir, split), args)
 
 

@@ -266,6 +266,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+class UniqueValues(argparse.Action):
+    """``nargs="+"`` values with repeats dropped (first occurrence kept, order kept)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, list(dict.fromkeys(values)))
+
+
+def add_list_option(parser: argparse.ArgumentParser, option: str, choices: Sequence[str], default: Sequence[str], what: str) -> None:
+    """``option`` taking one or more of ``choices`` (repeats dropped), default ``default``."""
+    parser.add_argument(option, nargs="+", choices=choices, default=list(default), action=UniqueValues,
+                        help=f"{what} (default: {' '.join(default)})")
+
+
 def preparation_parser(
     program: str, description: str, source: str, splits: Sequence[str] = (), default_splits: Sequence[str] = ()
 ) -> argparse.ArgumentParser:
@@ -273,8 +286,7 @@ def preparation_parser(
     ``--splits`` (default ``default_splits``); ``source`` names what ``--root`` must hold."""
     parser = argparse.ArgumentParser(prog=program, description=description)
     if splits:
-        parser.add_argument("--splits", nargs="+", choices=splits, default=list(default_splits),
-                            help=f"splits to convert (default: {' '.join(default_splits)})")
+        add_list_option(parser, "--splits", splits, default_splits, "splits to convert")
     parser.add_argument(
         "--root",
         default=datasets_root(),
