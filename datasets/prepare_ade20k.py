@@ -36,9 +36,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
     with exit_on_user_error(PROGRAM):
         for split in args.splits:
-            destination = os.path.join(args.root, converters.ADE20K_DIR, "annotations_detectron2", split)
             plumbing.convert_and_report(split, converters.ade20k_tasks(args.root, split), converters.ADE20K_CONVERSION,
-                                        destination, args)
+                                        converters.ade20k_output_dir(args.root, split), args)
 
 
 if __name__ == "__main__":

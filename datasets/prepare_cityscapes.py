@@ -45,9 +45,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         names = load_vocabulary_file(class_names_file("city_scapes")).class_names
         maps.check_class_anchors(names, len(maps.CITYSCAPES_TRAIN_LABELS), maps.cityscapes_anchors(), "Cityscapes")
         for split in args.splits:
-            destination = os.path.join(args.root, converters.CITYSCAPES_GT_DIR, split)
             plumbing.convert_and_report(split, converters.cityscapes_tasks(args.root, split),
-                                        converters.CITYSCAPES_CONVERSION, destination, args)
+                                        converters.CITYSCAPES_CONVERSION, converters.cityscapes_gt_dir(args.root, split), args)
 
 
 if __name__ == "__main__":

@@ -51,8 +51,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         if without_label:
             print(f"skipping {len(without_label)} val images without a trainval/<id>.mat: "
                   f"{', '.join(without_label[:5])}{', ...' if len(without_label) > 5 else ''}", flush=True)
-        out = os.path.join(args.root, converters.CONTEXT_OUTPUT_DIR)
-        destinations = ", ".join(os.path.join(out, converters.CONTEXT_VARIANTS[v]) for v in variants)
+        destinations = ", ".join(converters.context_output_dirs(args.root, variants))
         plumbing.convert_and_report("val", converters.context_tasks(args.root, ids, variants),
                                     converters.ContextConversion(variants, subset_ids), destinations, args)
         converters.write_context_image_list(args.root, ids, args.force)

@@ -41,8 +41,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
     with exit_on_user_error(PROGRAM):
         variants = args.variants
-        folders = dict(converters.VOC_OUTPUTS)
-        destinations = ", ".join(os.path.join(args.root, converters.VOC_DIR, folders[v], args.split) for v in variants)
+        destinations = ", ".join(converters.voc_output_dirs(args.root, args.split, variants))
         plumbing.convert_and_report(args.split, converters.voc_tasks(args.root, args.split, variants),
                                     converters.voc_conversion(variants), destinations, args)
 

@@ -49,6 +49,12 @@ VOC_OUTPUTS = (("voc20", "annotations_detectron2"), ("voc21", "annotations_detec
 VOC_CONVERSIONS = {"voc20": maps.voc20_lut, "voc21": maps.voc21_lut}
 
 
+def voc_output_dirs(root: str, split: str, variants: Sequence[str]) -> List[str]:
+    """``annotations_detectron2[_bg]/<split>`` of each variant (voc20, voc21), in order."""
+    folders = dict(VOC_OUTPUTS)
+    return [os.path.join(root, VOC_DIR, folders[v], split) for v in variants]
+
+
 def voc_tasks(root: str, split: str, variants: Sequence[str]) -> List[ConversionTask]:
     """One task per image of ``ImageSets/Segmentation/<split>.txt``: its ``SegmentationClass`` map
     -> ``annotations_detectron2[_bg]/<split>/<id>.png`` for each variant (voc20, voc21)."""
@@ -56,11 +62,11 @@ def voc_tasks(root: str, split: str, variants: Sequence[str]) -> List[Conversion
     fix = VOC2012.hint(root)
     plumbing.require_dir(os.path.join(voc, "SegmentationClass"), fix)
     ids = read_id_list(os.path.join(voc, "ImageSets", "Segmentation", f"{split}.txt"), "image list", fix)
-    folders = dict(VOC_OUTPUTS)
+    outputs = voc_output_dirs(root, split, variants)
     return [
         ConversionTask(
             os.path.join(voc, "SegmentationClass", f"{image_id}.png"),
-            tuple(os.path.join(voc, folders[v], split, f"{image_id}.png") for v in variants),
+            tuple(os.path.join(folder, f"{image_id}.png") for folder in outputs),
         )
         for image_id in ids
     ]
@@ -75,12 +81,16 @@ def voc_conversion(variants: Sequence[str]) -> LookupConversion:
 ADE20K_DIR = "ADEChallengeData2016"
 
 
+def ade20k_output_dir(root: str, split: str) -> str:
+    return os.path.join(root, ADE20K_DIR, "annotations_detectron2", split)
+
+
 def ade20k_tasks(root: str, split: str) -> List[ConversionTask]:
     """``annotations/<split>/*.png`` -> ``annotations_detectron2/<split>/*.png``."""
     source = os.path.join(root, ADE20K_DIR, "annotations", split)
     fix = ADE20K.hint(root)
     plumbing.require_dir(source, fix)
-    return plumbing.folder_tasks(source, os.path.join(root, ADE20K_DIR, "annotations_detectron2", split), ".png", ".png", fix)
+    return plumbing.folder_tasks(source, ade20k_output_dir(root, split), ".png", ".png", fix)
 
 
 ADE20K_CONVERSION = LookupConversion((maps.ade20k_lut(),), maps.ADE20K_RAW_VALID, maps.ADE20K_RAW_ALLOWED,
@@ -93,9 +103,14 @@ CITYSCAPES_LABEL_IDS = "_gtFine_labelIds.png"
 CITYSCAPES_TRAIN_IDS = "_gtFine_labelTrainIds.png"
 
 
+def cityscapes_gt_dir(root: str, split: str) -> str:
+    """``gtFine/<split>``: both the source and the output folder (outputs go beside their sources)."""
+    return os.path.join(root, CITYSCAPES_GT_DIR, split)
+
+
 def cityscapes_tasks(root: str, split: str) -> List[ConversionTask]:
     """``gtFine/<split>/<city>/*_gtFine_labelIds.png`` -> ``*_gtFine_labelTrainIds.png`` beside it."""
-    source = os.path.join(root, CITYSCAPES_GT_DIR, split)
+    source = cityscapes_gt_dir(root, split)
     fix = CITYSCAPES_GTFINE.hint(root)
     plumbing.require_dir(source, fix)
     return plumbing.folder_tasks(source, source, CITYSCAPES_LABEL_IDS, CITYSCAPES_TRAIN_IDS, fix, subfolders=True)
@@ -135,13 +150,18 @@ def context_labels(root: str) -> dict:
     return maps.parse_context_labels(text, path)
 
 
+def context_output_dirs(root: str, variants: Sequence[str]) -> List[str]:
+    """``annotations_detectron2/pc{59,60,459}_val`` of each variant, in order."""
+    return [os.path.join(root, CONTEXT_OUTPUT_DIR, CONTEXT_VARIANTS[v]) for v in variants]
+
+
 def context_tasks(root: str, ids: Sequence[str], variants: Sequence[str]) -> List[ConversionTask]:
-    out = os.path.join(root, CONTEXT_OUTPUT_DIR)
     extension = {"59": ".png", "60": ".png", "459": ".tif"}
+    outputs = list(zip(context_output_dirs(root, variants), (extension[v] for v in variants)))
     return [
         ConversionTask(
             os.path.join(root, CONTEXT_DIR, "trainval", f"{i}.mat"),
-            tuple(os.path.join(out, CONTEXT_VARIANTS[v], i + extension[v]) for v in variants),
+            tuple(os.path.join(folder, i + suffix) for folder, suffix in outputs),
         )
         for i in ids
     ]
