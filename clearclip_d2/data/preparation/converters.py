@@ -260,14 +260,7 @@ def ade20k_full_tasks(root: str, split: str) -> List[ConversionTask]:
 
 def read_ade_segmentation(path: str) -> np.ndarray:
     """An ADE20K ``*_seg.png`` as HxWx3 uint8 (R, G encode the object class)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            mode = image.mode
-            seg = np.array(image)
-    except Exception as e:
-        raise ClearCLIPError(f"cannot read segmentation {path}: {type(e).__name__}: {e}") from e
+    seg, mode = plumbing.read_array(path, "segmentation")
     if seg.ndim != 3 or seg.shape[2] != 3 or seg.dtype != np.uint8:
         raise ClearCLIPError(f"segmentation {path} is not an 8-bit RGB image (PIL mode {mode}); is it an ADE20K *_seg.png?")
     return seg

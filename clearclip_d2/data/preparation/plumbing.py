@@ -198,14 +198,19 @@ def convert_and_report(desc: str, tasks: Sequence[ConversionTask], convert: Conv
 
 
 # ------------------------------------------------------------------------------ reading inputs
-def read_label_map(path: str) -> np.ndarray:
-    """An official label file as an HxW uint8 array; anything else is refused."""
+def read_array(path: str, what: str) -> Tuple[np.ndarray, str]:
+    """(``np.array`` of an image file, its PIL mode); an unreadable file raises one line naming
+    it as ``what`` ("label map", "segmentation", ...)."""
     try:
         with Image.open(path) as image:
-            mode = image.mode
-            label = np.array(image)
+            return np.array(image), image.mode
     except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
-        raise ClearCLIPError(f"cannot read label map {path}: {type(e).__name__}: {e}") from e
+        raise ClearCLIPError(f"cannot read {what} {path}: {type(e).__name__}: {e}") from e
+
+
+def read_label_map(path: str) -> np.ndarray:
+    """An official label file as an HxW uint8 array; anything else is refused."""
+    label, mode = read_array(path, "label map")
     if label.ndim != 2 or label.dtype != np.uint8:
         raise ClearCLIPError(
             f"label map {path} is not a single-channel 8-bit image (PIL mode {mode}, shape {label.shape})"
