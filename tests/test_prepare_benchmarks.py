@@ -254,3 +254,15 @@ def test_repeated_splits_and_variants_are_converted_once():
     args = parser.parse_args(["--splits", "val", "train", "val", "--variants", "b", "b", "a"])
     assert args.splits == ["val", "train"] and args.variants == ["b", "a"]
     assert parser.parse_args([]).splits == ["val"] and parser.parse_args([]).variants == ["a", "b"]
+
+
+def test_unreadable_official_files_are_named_in_one_line(tmp_path):
+    from clearclip_d2.data.preparation import converters, plumbing
+    from clearclip_d2.utils.errors import ClearCLIPError
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(ClearCLIPError, match=rf"cannot read label map {broken}: "):
+        plumbing.read_label_map(str(broken))
+    with pytest.raises(ClearCLIPError, match=rf"cannot read segmentation {broken}: "):
+        converters.read_ade_segmentation(str(broken))
