@@ -5,7 +5,7 @@ from typing import Sequence
 from detectron2.config import CfgNode as CN
 
 from . import constants
-from .modeling.text_cache import default_text_cache_dir
+from .modeling.clip.text_cache import default_text_cache_dir
 from .modeling import refinement
 
 
@@ -24,7 +24,7 @@ def add_clearclip_config(cfg: CN) -> None:
     cfg.MODEL.CLEARCLIP.WEIGHTS_CACHE_DIR = ""
     # The paper's three switches, applied to the last vision block only:
     # attention variant ("qq" = ClearCLIP, "qk" = plain CLIP, "kk", "vv", "qq+kk" = SCLIP,
-    # "identity" = MaskCLIP, "naclip" = NACLIP; see modeling/decomposition.py),
+    # "identity" = MaskCLIP, "naclip" = NACLIP; see modeling/clip/decomposition.py),
     # keep the attention residual connection, keep the feed-forward network.
     cfg.MODEL.CLEARCLIP.ATTENTION = "qq"
     cfg.MODEL.CLEARCLIP.RESIDUAL = False
@@ -53,10 +53,10 @@ def add_clearclip_config(cfg: CN) -> None:
     # refused ("" = not checked).
     cfg.MODEL.CLEARCLIP.PRETRAINED_SHA256 = ""
     # Folder of the text-embedding cache, one file per (model, weights, templates, queries);
-    # "" = no disk cache (embeddings kept in memory only). See modeling/text_cache.py.
+    # "" = no disk cache (embeddings kept in memory only). See modeling/clip/text_cache.py.
     cfg.MODEL.CLEARCLIP.CACHE_DIR = default_text_cache_dir()
     # Image-encoder precision: "fp32", "fp16" (CUDA only) or "bf16", the half precisions through
-    # torch.autocast; similarities, upsampling and softmax stay fp32. See modeling/precision.py.
+    # torch.autocast; similarities, upsampling and softmax stay fp32. See modeling/clip/precision.py.
     cfg.MODEL.CLEARCLIP.PRECISION = "fp32"
     # Prompts per text-encoder batch when embedding the vocabulary.
     cfg.MODEL.CLEARCLIP.TEXT_BATCH_SIZE = 256
@@ -127,10 +127,10 @@ def check_clearclip_config(cfg: CN) -> None:
     Raises :class:`~clearclip_d2.utils.errors.ClearCLIPError` with the key and the fix.
     """
     from .data.vocabulary import load_vocabulary_file
-    from .modeling.clip_loading import check_pretrained, resolve_architecture
-    from .modeling.decomposition import get_attention_variant
-    from .modeling.precision import check_precision
-    from .modeling.text_classifier import check_templates
+    from .modeling.clip.loading import check_pretrained, resolve_architecture
+    from .modeling.clip.decomposition import get_attention_variant
+    from .modeling.clip.precision import check_precision
+    from .modeling.clip.text_classifier import check_templates
     from .utils.errors import ClearCLIPError
 
     cc = cfg.MODEL.CLEARCLIP

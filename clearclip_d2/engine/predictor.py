@@ -24,7 +24,7 @@ from detectron2.modeling import build_model
 
 from ..data.transforms import ResizeShortLongEdge
 from ..data.vocabulary import Vocabulary
-from ..modeling.class_chunks import LABELS_KEY, output_labels
+from ..modeling.inference.class_chunks import LABELS_KEY, output_labels
 from ..utils.errors import ClearCLIPError
 
 

@@ -16,8 +16,8 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from ..utils.errors import ClearCLIPError
-from .clip_loading import build_clip_model_from_config
-from .dense_encoder import DenseCLIPEncoder
+from .clip.loading import build_clip_model_from_config
+from .clip.dense_encoder import DenseCLIPEncoder
 
 FEATURE_NAME = "clip"
 
@@ -95,7 +95,7 @@ def check_clearclip_backbone_config(cfg) -> None:
     import open_clip
 
     from ..config import check_clearclip_config
-    from .clip_loading import resolve_architecture
+    from .clip.loading import resolve_architecture
 
     check_clearclip_config(cfg)
     arch_cfg = open_clip.get_model_config(resolve_architecture(cfg.MODEL.CLEARCLIP.MODEL_NAME)) or {}

@@ -13,12 +13,12 @@ from torch import nn
 from ..constants import PROB_THRESHOLD_FROM_DATASET
 from ..data.vocabulary import Vocabulary, load_vocabulary_file, vocabulary_from_names
 from ..utils.errors import ClearCLIPError
-from .clip_loading import build_clip_model_from_config
-from .precision import check_precision, with_precision
-from .dense_encoder import DenseCLIPEncoder
-from .class_chunks import CONFIDENCE_KEY, LABELS_KEY, chunked_labels, use_class_chunks
+from .clip.loading import build_clip_model_from_config
+from .clip.precision import check_precision, with_precision
+from .clip.dense_encoder import DenseCLIPEncoder
+from .inference.class_chunks import CONFIDENCE_KEY, LABELS_KEY, chunked_labels, use_class_chunks
 from .refinement import build_refiner
-from .slide_inference import (
+from .inference.slide_inference import (
     average_window_logits,
     encode_whole_image,
     encode_windows,
@@ -26,8 +26,8 @@ from .slide_inference import (
     patch_logits,
     windows_by_image,
 )
-from .text_cache import TextEmbeddingCache
-from .text_classifier import build_text_classifier, check_templates
+from .clip.text_cache import TextEmbeddingCache
+from .clip.text_classifier import build_text_classifier, check_templates
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class ClearCLIPSegmentor(nn.Module):
     Output: one ``{"sem_seg": Tensor[K, height, width]}`` per image, the per-class
     probabilities of the reference, whose argmax is the prediction (background threshold
     included, see :func:`logits_to_probabilities`). When queries x height x width passes
-    ``max_dense_elements``, the classes go through in chunks (:mod:`.class_chunks`) and the
+    ``max_dense_elements``, the classes go through in chunks (:mod:`.inference.class_chunks`) and the
     output is ``{"sem_seg_labels": Tensor[height, width] int64, "sem_seg_confidence":
     Tensor[height, width]}`` instead: the same argmax and the highest class probability.
     """
@@ -122,7 +122,7 @@ class ClearCLIPSegmentor(nn.Module):
             class_chunk: queries per chunk when the output is too large for ``sem_seg``.
             max_dense_elements: largest queries x height x width returned as ``sem_seg``.
             text_cache: disk cache of the text embeddings (None = memory only).
-            precision: image-encoder precision, "fp32", "fp16" (CUDA) or "bf16" (:mod:`.precision`).
+            precision: image-encoder precision, "fp32", "fp16" (CUDA) or "bf16" (:mod:`.clip.precision`).
             dataset_name: the dataset evaluated first, whose threshold applies if ``prob_threshold`` is None.
             refiner: ``refiner(probs [K, H, W], image) -> [K, H, W]`` applied before the
                 background threshold (``MODEL.CLEARCLIP.REFINE``, see :mod:`.refinement`).

@@ -28,8 +28,8 @@ from typing import Callable, Dict, Optional, Sequence
 import open_clip
 import torch
 
-from ..utils.io import atomic_write
-from .clip_loading import weights_identity
+from ...utils.io import atomic_write
+from .loading import weights_identity
 
 logger = logging.getLogger(__name__)
 

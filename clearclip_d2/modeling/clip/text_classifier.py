@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..utils.errors import ClearCLIPError
+from ...utils.errors import ClearCLIPError
 
 
 def fill_templates(templates: Sequence[str], name: str) -> list:

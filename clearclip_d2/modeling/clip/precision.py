@@ -13,7 +13,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from ..utils.errors import ClearCLIPError
+from ...utils.errors import ClearCLIPError
 
 PRECISIONS: Dict[str, Optional[torch.dtype]] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 

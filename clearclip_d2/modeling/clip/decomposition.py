@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..constants import NACLIP_GAUSSIAN_STD
-from ..utils.errors import ClearCLIPError
+from ...constants import NACLIP_GAUSSIAN_STD
+from ...utils.errors import ClearCLIPError
 
 
 @dataclass(frozen=True)

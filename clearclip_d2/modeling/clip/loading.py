@@ -18,8 +18,8 @@ import torch
 from open_clip.pretrained import download_pretrained, get_pretrained_cfg, list_pretrained_tags_by_model
 from torch import nn
 
-from ..utils.errors import ClearCLIPError
-from ..utils.io import file_sha256
+from ...utils.errors import ClearCLIPError
+from ...utils.io import file_sha256
 
 logger = logging.getLogger(__name__)
 
