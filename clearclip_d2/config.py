@@ -6,7 +6,7 @@ from detectron2.config import CfgNode as CN
 
 from . import constants
 from .modeling.clip.text_cache import default_text_cache_dir
-from .modeling import refinement
+from .modeling.refinement import pamr as refinement
 
 
 def add_clearclip_config(cfg: CN) -> None:

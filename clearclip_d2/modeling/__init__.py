@@ -3,7 +3,7 @@ from .clip.loading import build_clip_model
 from .clip.decomposition import ATTENTION_VARIANTS, decomposed_block_forward
 from .clip.dense_encoder import DenseCLIPEncoder
 from .meta_arch import ClearCLIPSegmentor
-from .refinement import assign_pixels_to_masks, average_in_regions, pamr, refine_with_masks
+from .refinement.pamr import assign_pixels_to_masks, average_in_regions, pamr, refine_with_masks
 from .inference.slide_inference import logits_to_probabilities, slide_window_boxes
 from .clip.text_classifier import build_text_classifier
 

@@ -17,7 +17,7 @@ from .clip.loading import build_clip_model_from_config
 from .clip.precision import check_precision, with_precision
 from .clip.dense_encoder import DenseCLIPEncoder
 from .inference.class_chunks import CONFIDENCE_KEY, LABELS_KEY, chunked_labels, use_class_chunks
-from .refinement import build_refiner
+from .refinement.pamr import build_refiner
 from .inference.slide_inference import (
     average_window_logits,
     encode_whole_image,

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..utils.errors import ClearCLIPError
-from .refinement import refine_with_masks
+from ...utils.errors import ClearCLIPError
+from .pamr import refine_with_masks
 
 logger = logging.getLogger(__name__)
 

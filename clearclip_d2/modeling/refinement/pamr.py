@@ -182,7 +182,7 @@ def build_refiner(cfg):
     if refine == "pamr":
         return PAMRRefiner(cc.PAMR_ITERATIONS, cc.PAMR_DILATIONS)
     if refine == "masks":
-        from .mask_model import MaskModelRefiner
+        from .masks import MaskModelRefiner
 
         return MaskModelRefiner.from_clearclip_config(cfg)
     return None
@@ -191,7 +191,7 @@ def build_refiner(cfg):
 def check_refine_config(cfg, deep: bool = True) -> str:
     """Check ``REFINE`` and its parameters (``deep``: also the mask model's config and weights,
     without building it); return the refinement's name."""
-    from ..utils.errors import ClearCLIPError
+    from ...utils.errors import ClearCLIPError
 
     cc = cfg.MODEL.CLEARCLIP
     refine = str(cc.REFINE).lower()
@@ -205,7 +205,7 @@ def check_refine_config(cfg, deep: bool = True) -> str:
                 f"MODEL.CLEARCLIP.PAMR_DILATIONS {list(cc.PAMR_DILATIONS)} must be a non-empty list of positive pixel counts"
             )
     if refine == "masks" and deep:
-        from .mask_model import check_mask_model_config
+        from .masks import check_mask_model_config
 
         check_mask_model_config(cfg)
     return refine

@@ -1,0 +1,1 @@
+"""Refinement of the per-class probabilities (MODEL.CLEARCLIP.REFINE)."""
