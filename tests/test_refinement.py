@@ -21,7 +21,8 @@ from clearclip_d2.modeling.refinement.masks import (
     model_zoo_config_dir,
     resolve_mask_model_config,
 )
-from clearclip_d2.modeling.refinement.pamr import assign_pixels_to_masks, pamr, refine_with_masks
+from clearclip_d2.modeling.refinement.masks import assign_pixels_to_masks, refine_with_masks
+from clearclip_d2.modeling.refinement.pamr import pamr
 
 ZOO_MASK_RCNN = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"
 

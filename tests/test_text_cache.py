@@ -11,7 +11,8 @@ import torch
 from detectron2.modeling import build_model
 
 from conftest import FEW_TEMPLATES, save_random_checkpoint, tiny_cfg
-from clearclip_d2.modeling.clip.text_cache import CACHE_DIR_ENV, TextEmbeddingCache, default_text_cache_dir
+from clearclip_d2.constants import CACHE_DIR_ENV, default_text_cache_dir
+from clearclip_d2.modeling.clip.text_cache import TextEmbeddingCache
 
 CLASSES = ["background", "cat, kitten", "dog"]
 

@@ -245,7 +245,7 @@ def flatten_config(node, prefix: str) -> Dict[str, Any]:
 
 
 def result_relevant_config(cfg, dataset_name: str) -> Dict[str, Any]:
-    from .. import __version__
+    from ..constants import __version__
 
     config = {**flatten_config(cfg.MODEL, "MODEL"), **flatten_config(cfg.INPUT, "INPUT")}
     config = {key: value for key, value in config.items() if key not in RESULT_NEUTRAL_KEYS}

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
+from ..checks import check_input_format
 from ..utils.errors import ClearCLIPError
 from .clip.loading import build_clip_model_from_config
 from .clip.dense_encoder import DenseCLIPEncoder
@@ -37,8 +38,7 @@ class ClearCLIPBackbone(Backbone):
 
     def __init__(self, encoder: DenseCLIPEncoder, input_format: str = "RGB", l2_normalize: bool = True):
         super().__init__()
-        if input_format not in ("RGB", "BGR"):
-            raise ClearCLIPError(f"INPUT.FORMAT {input_format!r} is not supported by the ClearCLIP backbone; use RGB or BGR")
+        check_input_format(input_format, owner="the ClearCLIP backbone")
         self.encoder = encoder.requires_grad_(False).eval()
         self.input_format = input_format
         self.l2_normalize = bool(l2_normalize)

@@ -1,18 +1,11 @@
-"""Refinement of ClearCLIP's per-class probabilities (``MODEL.CLEARCLIP.REFINE``).
+"""PAMR, ``MODEL.CLEARCLIP.REFINE pamr``: pixel-adaptive mask refinement (Araslanov & Roth,
+"Single-Stage Semantic Segmentation from Image Labels", CVPR 2020), the post-processing of
+several training-free follow-ups of ClearCLIP (SCLIP, NACLIP, ...).
 
-Two post-processings, applied to the probabilities at the output size (after the max over
-synonyms, before the background threshold):
-
-* ``pamr``: pixel-adaptive mask refinement (Araslanov & Roth, "Single-Stage Semantic
-  Segmentation from Image Labels", CVPR 2020), the post-processing of several training-free
-  follow-ups of ClearCLIP (SCLIP, NACLIP, ...). Every pixel repeatedly takes the average of
-  its neighbours' probabilities, weighted by how alike the neighbours look in the image;
-  the likeness is measured relative to the local intensity spread, so edges stop the spread.
-* ``masks``: class-agnostic masks of another model (see :mod:`.mask_model`); ClearCLIP's
-  probabilities are averaged inside each mask, pixels outside every mask keep their own.
-
-The math is in pure functions on tensors; :class:`PAMRRefiner` and
-:class:`~.mask_model.MaskModelRefiner` are the thin modules the meta-architecture calls.
+Every pixel repeatedly takes the average of its neighbours' probabilities, weighted by how
+alike the neighbours look in the image; the likeness is measured relative to the local
+intensity spread, so edges stop the spread. The math is in pure functions on tensors;
+:class:`PAMRRefiner` is the thin module the meta-architecture calls.
 """
 
 from typing import List, Sequence, Tuple
@@ -21,19 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-REFINE_CHOICES = ("none", "pamr", "masks")
-
-# PAMR's affinity: -|I_i - I_j| / (PAMR_STD_FACTOR * local std + PAMR_EPS), as in the paper's code.
-PAMR_STD_FACTOR = 0.1
-PAMR_EPS = 1e-8
-# Defaults of the training-free segmentors that use PAMR (SCLIP, NACLIP): 10 iterations over
-# neighbourhoods dilated by 8 and 16 pixels of the full-resolution map. The paper refines
-# low-resolution masks with dilations (1, 2, 4, 8, 12, 24).
-PAMR_DEFAULT_ITERATIONS = 10
-PAMR_DEFAULT_DILATIONS = (8, 16)
+from ...constants import PAMR_DEFAULT_DILATIONS, PAMR_DEFAULT_ITERATIONS, PAMR_EPS, PAMR_STD_FACTOR
 
 
-# --------------------------------------------------------------------------- PAMR
 def neighbour_offsets(dilations: Sequence[int]) -> List[Tuple[int, int]]:
     """(dy, dx) of the 8 neighbours of a 3x3 window dilated by each ``d``, row-major, centre left out."""
     return [(dy * d, dx * d) for d in dilations for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
@@ -124,88 +107,3 @@ class PAMRRefiner(nn.Module):
 
     def extra_repr(self) -> str:
         return f"iterations={self.iterations}, dilations={self.dilations}"
-
-
-# --------------------------------------------------------------------------- masks
-def assign_pixels_to_masks(masks: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    """Which mask each pixel belongs to, masks overlapping.
-
-    Args:
-        masks: [M, H, W] bool.
-        scores: [M] confidence of each mask.
-    Returns:
-        [H, W] int64: the index of the highest-scoring mask covering the pixel (equal scores:
-        the lower index), -1 where no mask covers it.
-    """
-    if masks.shape[0] == 0:
-        return torch.full(masks.shape[-2:], -1, dtype=torch.long, device=masks.device)
-    ranked = torch.where(masks, scores.float().view(-1, 1, 1), torch.tensor(float("-inf"), device=masks.device))
-    owner = ranked.argmax(dim=0)  # the first of equal maxima
-    return torch.where(masks.any(dim=0), owner, torch.full_like(owner, -1))
-
-
-def average_in_regions(probs: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
-    """Replace the probabilities of every region by their mean over the region.
-
-    Args:
-        probs: [K, H, W].
-        regions: [H, W] int64 region index, -1 = no region (pixel kept as it is).
-    Returns:
-        [K, H, W].
-    """
-    num_classes = probs.shape[0]
-    flat, ids = probs.reshape(num_classes, -1), regions.reshape(-1).to(probs.device)
-    inside = ids >= 0
-    if not bool(inside.any()):
-        return probs.clone()
-    ids_inside = ids[inside]
-    num_regions = int(ids_inside.max()) + 1
-    sums = flat.new_zeros((num_classes, num_regions)).index_add_(1, ids_inside, flat[:, inside])
-    counts = torch.bincount(ids_inside, minlength=num_regions).clamp(min=1).to(flat.dtype)
-    out = flat.clone()
-    out[:, inside] = (sums / counts)[:, ids_inside]
-    return out.view_as(probs)
-
-
-def refine_with_masks(probs: torch.Tensor, masks: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    """``REFINE masks``: each pixel goes to the highest-scoring mask that covers it
-    (:func:`assign_pixels_to_masks`); the probabilities are averaged over the pixels of each
-    mask; pixels outside every mask keep their own. probs [K, H, W], masks [M, H, W] bool."""
-    return average_in_regions(probs, assign_pixels_to_masks(masks.to(probs.device), scores.to(probs.device)))
-
-
-def build_refiner(cfg):
-    """The refiner of ``MODEL.CLEARCLIP.REFINE``: None for ``none``, else a module called as
-    ``refiner(probs [K, H, W], image uint8 [3, h, w]) -> [K, H, W]``."""
-    refine = check_refine_config(cfg, deep=False)
-    cc = cfg.MODEL.CLEARCLIP
-    if refine == "pamr":
-        return PAMRRefiner(cc.PAMR_ITERATIONS, cc.PAMR_DILATIONS)
-    if refine == "masks":
-        from .masks import MaskModelRefiner
-
-        return MaskModelRefiner.from_clearclip_config(cfg)
-    return None
-
-
-def check_refine_config(cfg, deep: bool = True) -> str:
-    """Check ``REFINE`` and its parameters (``deep``: also the mask model's config and weights,
-    without building it); return the refinement's name."""
-    from ...utils.errors import ClearCLIPError
-
-    cc = cfg.MODEL.CLEARCLIP
-    refine = str(cc.REFINE).lower()
-    if refine not in REFINE_CHOICES:
-        raise ClearCLIPError(f"MODEL.CLEARCLIP.REFINE {cc.REFINE!r} is not one of {', '.join(REFINE_CHOICES)}")
-    if refine == "pamr":
-        if int(cc.PAMR_ITERATIONS) < 1:
-            raise ClearCLIPError(f"MODEL.CLEARCLIP.PAMR_ITERATIONS {cc.PAMR_ITERATIONS} must be >= 1")
-        if not len(cc.PAMR_DILATIONS) or any(int(d) < 1 for d in cc.PAMR_DILATIONS):
-            raise ClearCLIPError(
-                f"MODEL.CLEARCLIP.PAMR_DILATIONS {list(cc.PAMR_DILATIONS)} must be a non-empty list of positive pixel counts"
-            )
-    if refine == "masks" and deep:
-        from .masks import check_mask_model_config
-
-        check_mask_model_config(cfg)
-    return refine
