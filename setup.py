@@ -14,10 +14,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def read_version() -> str:
-    with open(os.path.join(HERE, "clearclip_d2", "__init__.py"), encoding="utf-8") as f:
+    with open(os.path.join(HERE, "clearclip_d2", "constants.py"), encoding="utf-8") as f:
         match = re.search(r'^__version__\s*=\s*"([^"]+)"', f.read(), re.M)
     if not match:
-        raise RuntimeError("__version__ not found in clearclip_d2/__init__.py")
+        raise RuntimeError("__version__ not found in clearclip_d2/constants.py")
     return match.group(1)
 
 

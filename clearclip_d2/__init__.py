@@ -6,7 +6,7 @@ datasets; :func:`add_clearclip_config` adds the ``MODEL.CLEARCLIP`` keys.
 
 from . import data, engine, evaluation, modeling  # noqa: F401  (registration on import)
 from .config import add_clearclip_config
+from .constants import __version__
 from .utils.errors import ClearCLIPError
 
-__version__ = "0.1.0"
 __all__ = ["ClearCLIPError", "add_clearclip_config"]

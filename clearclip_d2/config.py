@@ -1,12 +1,15 @@
-"""Config keys of ClearCLIP (``MODEL.CLEARCLIP.*``) and the reference's input defaults."""
+"""Config keys of ClearCLIP (``MODEL.CLEARCLIP.*``) and the reference's input defaults.
+
+This module imports nothing from ``modeling``: the defaults come from :mod:`.constants`, the
+checks from :mod:`.checks` (which explains how the two checks that need the modeling code,
+CLIP weights and the mask model, get here without an import).
+"""
 
 from typing import Sequence
 
 from detectron2.config import CfgNode as CN
 
-from . import constants
-from .modeling.text_cache import default_text_cache_dir
-from .modeling import refinement
+from . import checks, constants
 
 
 def add_clearclip_config(cfg: CN) -> None:
@@ -24,7 +27,7 @@ def add_clearclip_config(cfg: CN) -> None:
     cfg.MODEL.CLEARCLIP.WEIGHTS_CACHE_DIR = ""
     # The paper's three switches, applied to the last vision block only:
     # attention variant ("qq" = ClearCLIP, "qk" = plain CLIP, "kk", "vv", "qq+kk" = SCLIP,
-    # "identity" = MaskCLIP, "naclip" = NACLIP; see modeling/decomposition.py),
+    # "identity" = MaskCLIP, "naclip" = NACLIP; see modeling/clip/decomposition.py),
     # keep the attention residual connection, keep the feed-forward network.
     cfg.MODEL.CLEARCLIP.ATTENTION = "qq"
     cfg.MODEL.CLEARCLIP.RESIDUAL = False
@@ -53,10 +56,10 @@ def add_clearclip_config(cfg: CN) -> None:
     # refused ("" = not checked).
     cfg.MODEL.CLEARCLIP.PRETRAINED_SHA256 = ""
     # Folder of the text-embedding cache, one file per (model, weights, templates, queries);
-    # "" = no disk cache (embeddings kept in memory only). See modeling/text_cache.py.
-    cfg.MODEL.CLEARCLIP.CACHE_DIR = default_text_cache_dir()
+    # "" = no disk cache (embeddings kept in memory only). See modeling/clip/text_cache.py.
+    cfg.MODEL.CLEARCLIP.CACHE_DIR = constants.default_text_cache_dir()
     # Image-encoder precision: "fp32", "fp16" (CUDA only) or "bf16", the half precisions through
-    # torch.autocast; similarities, upsampling and softmax stay fp32. See modeling/precision.py.
+    # torch.autocast; similarities, upsampling and softmax stay fp32. See modeling/clip/precision.py.
     cfg.MODEL.CLEARCLIP.PRECISION = "fp32"
     # Prompts per text-encoder batch when embedding the vocabulary.
     cfg.MODEL.CLEARCLIP.TEXT_BATCH_SIZE = 256
@@ -70,8 +73,8 @@ def add_clearclip_config(cfg: CN) -> None:
     # (average inside the masks of another Detectron2 model).
     cfg.MODEL.CLEARCLIP.REFINE = "none"
     # PAMR: iterations, and dilations (pixels of the output) of its 3x3 neighbourhoods.
-    cfg.MODEL.CLEARCLIP.PAMR_ITERATIONS = refinement.PAMR_DEFAULT_ITERATIONS
-    cfg.MODEL.CLEARCLIP.PAMR_DILATIONS = list(refinement.PAMR_DEFAULT_DILATIONS)
+    cfg.MODEL.CLEARCLIP.PAMR_ITERATIONS = constants.PAMR_DEFAULT_ITERATIONS
+    cfg.MODEL.CLEARCLIP.PAMR_DILATIONS = list(constants.PAMR_DEFAULT_DILATIONS)
     # "masks": the mask model's Detectron2 config (YAML file or model-zoo name such as
     # "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml") and weights (file or URL;
     # "" = its config's MODEL.WEIGHTS; "random" = untrained, for tests).
@@ -124,37 +127,21 @@ def load_clearclip_config(config_file: str, opts: Sequence[str] = ()) -> CN:
 def check_clearclip_config(cfg: CN) -> None:
     """Validate the ClearCLIP keys without building the model (no weights are read).
 
-    Raises :class:`~clearclip_d2.utils.errors.ClearCLIPError` with the key and the fix.
+    Raises :class:`~clearclip_d2.utils.errors.ClearCLIPError` with the key and the fix. The
+    CLIP weights and the ``REFINE masks`` mask model are checked by the modeling modules'
+    registered checks (:func:`~clearclip_d2.checks.register_config_check`).
     """
     from .data.vocabulary import load_vocabulary_file
-    from .modeling.clip_loading import check_pretrained, resolve_architecture
-    from .modeling.decomposition import get_attention_variant
-    from .modeling.precision import check_precision
-    from .modeling.text_classifier import check_templates
-    from .utils.errors import ClearCLIPError
 
     cc = cfg.MODEL.CLEARCLIP
-    get_attention_variant(cc.ATTENTION, cc.NACLIP_GAUSSIAN_STD)
-    check_pretrained(resolve_architecture(cc.MODEL_NAME), cc.PRETRAINED)
-    check_templates(cc.PROMPT_TEMPLATES)
-    check_precision(cc.PRECISION, cfg.MODEL.DEVICE)
+    checks.check_attention(cc.ATTENTION, cc.NACLIP_GAUSSIAN_STD)
+    checks.check_templates(cc.PROMPT_TEMPLATES)
+    checks.check_precision(cc.PRECISION, cfg.MODEL.DEVICE)
     if cc.CLASS_NAMES_FILE:
         load_vocabulary_file(cc.CLASS_NAMES_FILE)
-    if not (0.0 <= cc.PROB_THRESHOLD <= 1.0 or cc.PROB_THRESHOLD == constants.PROB_THRESHOLD_FROM_DATASET):
-        raise ClearCLIPError(
-            f"MODEL.CLEARCLIP.PROB_THRESHOLD {cc.PROB_THRESHOLD} must be in [0, 1], "
-            f"or {constants.PROB_THRESHOLD_FROM_DATASET} for each dataset's reference threshold"
-        )
-    if cc.SLIDE_CROP < 0 or (cc.SLIDE_CROP > 0 and cc.SLIDE_STRIDE <= 0) or cc.WINDOW_BATCH <= 0:
-        raise ClearCLIPError(
-            f"MODEL.CLEARCLIP.SLIDE_CROP {cc.SLIDE_CROP} / SLIDE_STRIDE {cc.SLIDE_STRIDE} / WINDOW_BATCH "
-            f"{cc.WINDOW_BATCH}: need crop >= 0 (0 = whole image), stride > 0, window batch > 0"
-        )
-    if cc.CLASS_CHUNK <= 0 or cc.MAX_DENSE_ELEMENTS < 0:
-        raise ClearCLIPError(
-            f"MODEL.CLEARCLIP.CLASS_CHUNK {cc.CLASS_CHUNK} must be > 0 and MAX_DENSE_ELEMENTS "
-            f"{cc.MAX_DENSE_ELEMENTS} >= 0 (0 = always chunked)"
-        )
-    if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
-        raise ClearCLIPError(f"INPUT.FORMAT {cfg.INPUT.FORMAT!r} is not supported by ClearCLIP; use RGB or BGR")
-    refinement.check_refine_config(cfg)
+    checks.check_prob_threshold(cc.PROB_THRESHOLD)
+    checks.check_sliding_window(cc.SLIDE_CROP, cc.SLIDE_STRIDE, cc.WINDOW_BATCH)
+    checks.check_class_chunking(cc.CLASS_CHUNK, cc.MAX_DENSE_ELEMENTS)
+    checks.check_input_format(cfg.INPUT.FORMAT)
+    checks.check_refine(cc.REFINE, cc.PAMR_ITERATIONS, cc.PAMR_DILATIONS)
+    checks.run_registered_config_checks(cfg)

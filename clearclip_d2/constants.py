@@ -6,6 +6,9 @@ configs and code read them from here instead of repeating the numbers.
 
 import os
 
+# The package version (setup.py reads it here; clearclip_d2.__version__ is this).
+__version__ = "0.1.0"
+
 RESOURCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resources")
 CLASS_NAMES_DIR = os.path.join(RESOURCE_DIR, "class_names")
 
@@ -27,6 +30,41 @@ POS_EMBED_INTERP_OFFSET = 0.1
 # NACLIP (Hajimiri et al., WACV 2025): standard deviation, in patches, of the Gaussian
 # neighbourhood prior added to the k-k attention logits (``gaussian_std=5`` in the authors' code).
 NACLIP_GAUSSIAN_STD = 5.0
+
+# MODEL.CLEARCLIP.ATTENTION names of the last block's attention variants (the functions are
+# ``modeling/clip/decomposition.py``'s ATTENTION_VARIANTS, keyed by these names).
+ATTENTION_VARIANT_NAMES = ("qk", "qq", "kk", "vv", "qq+kk", "identity", "naclip")
+
+# MODEL.CLEARCLIP.PRECISION names of the image encoder's precisions (dtypes: ``modeling/clip/precision.py``).
+PRECISION_NAMES = ("fp32", "fp16", "bf16")
+
+# Channel orders (INPUT.FORMAT) ClearCLIP and the mask models of REFINE masks can take.
+INPUT_FORMATS = ("RGB", "BGR")
+
+# MODEL.CLEARCLIP.REFINE choices.
+REFINE_CHOICES = ("none", "pamr", "masks")
+# PAMR's affinity: -|I_i - I_j| / (PAMR_STD_FACTOR * local std + PAMR_EPS), as in the paper's code.
+PAMR_STD_FACTOR = 0.1
+PAMR_EPS = 1e-8
+# Defaults of the training-free segmentors that use PAMR (SCLIP, NACLIP): 10 iterations over
+# neighbourhoods dilated by 8 and 16 pixels of the full-resolution map. The paper refines
+# low-resolution masks with dilations (1, 2, 4, 8, 12, 24).
+PAMR_DEFAULT_ITERATIONS = 10
+PAMR_DEFAULT_DILATIONS = (8, 16)
+
+# Environment variable that overrides the default text-embedding cache folder (the tests point
+# it at a temporary folder).
+CACHE_DIR_ENV = "CLEARCLIP_D2_CACHE_DIR"
+
+
+def default_text_cache_dir() -> str:
+    """``$CLEARCLIP_D2_CACHE_DIR``, else ``$XDG_CACHE_HOME/clearclip_d2/text_embeddings``
+    (``~/.cache`` when ``XDG_CACHE_HOME`` is unset)."""
+    if os.environ.get(CACHE_DIR_ENV):
+        return os.environ[CACHE_DIR_ENV]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "clearclip_d2", "text_embeddings")
+
 
 PROMPT_TEMPLATES_FILE = os.path.join(RESOURCE_DIR, "prompt_templates_openai_imagenet.txt")
 

@@ -36,7 +36,7 @@ def measure(model_files, height, width, num_classes, class_chunk, short_edge):
     from detectron2.modeling import build_model
 
     from clearclip_d2.data.transforms import ResizeShortLongEdge
-    from clearclip_d2.modeling.class_chunks import LABELS_KEY, chunked_peak_bytes
+    from clearclip_d2.modeling.inference.class_chunks import LABELS_KEY, chunked_peak_bytes
 
     cfg = tiny_cfg(model_files, **{"MODEL.CLEARCLIP.CLASS_CHUNK": class_chunk, "INPUT.MIN_SIZE_TEST": short_edge,
                                    "MODEL.CLEARCLIP.PROMPT_TEMPLATES": ["a photo of a {}."]})

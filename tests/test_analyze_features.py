@@ -30,8 +30,8 @@ from clearclip_d2.modeling.analysis import (
     feature_norm,
     normalised_entropy,
 )
-from clearclip_d2.modeling.decomposition import get_attention_variant
-from clearclip_d2.modeling.dense_encoder import DenseCLIPEncoder
+from clearclip_d2.modeling.clip.decomposition import get_attention_variant
+from clearclip_d2.modeling.clip.dense_encoder import DenseCLIPEncoder
 
 TOOL = os.path.join(REPO_ROOT, "tools", "analyze_features.py")
 CONFIG = os.path.join(REPO_ROOT, "configs", "clearclip_coco.yaml")

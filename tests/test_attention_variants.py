@@ -14,8 +14,8 @@ from detectron2.modeling import build_model
 
 import reference_clearclip as ref
 from conftest import FEATURE_ATOL, tiny_cfg
-from clearclip_d2.modeling.decomposition import ATTENTION_VARIANTS, TokenLayout, neighbourhood_prior
-from clearclip_d2.modeling.dense_encoder import DenseCLIPEncoder
+from clearclip_d2.modeling.clip.decomposition import ATTENTION_VARIANTS, TokenLayout, neighbourhood_prior
+from clearclip_d2.modeling.clip.dense_encoder import DenseCLIPEncoder
 from clearclip_d2.utils.errors import ClearCLIPError
 
 VARIANTS = ["qk", "qq", "kk", "vv", "qq+kk", "identity", "naclip"]

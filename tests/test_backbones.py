@@ -15,9 +15,9 @@ from open_clip.transformer import QuickGELU
 from conftest import FEATURE_ATOL, REPO_ROOT, TINY_VIT, write_model_config
 from clearclip_d2 import add_clearclip_config
 from clearclip_d2.config import check_clearclip_config
-from clearclip_d2.modeling import clip_loading
-from clearclip_d2.modeling.clip_loading import build_clip_model, resolve_architecture, resolve_checkpoint
-from clearclip_d2.modeling.dense_encoder import DenseCLIPEncoder
+from clearclip_d2.modeling.clip import loading as clip_loading
+from clearclip_d2.modeling.clip.loading import build_clip_model, resolve_architecture, resolve_checkpoint
+from clearclip_d2.modeling.clip.dense_encoder import DenseCLIPEncoder
 from clearclip_d2.utils.errors import ClearCLIPError
 
 CONFIGS = sorted(

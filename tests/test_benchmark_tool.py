@@ -10,7 +10,7 @@ import torch
 
 from conftest import REPO_ROOT
 from clearclip_d2.engine import benchmark as bench
-from clearclip_d2.modeling.dense_encoder import DenseCLIPEncoder
+from clearclip_d2.modeling.clip.dense_encoder import DenseCLIPEncoder
 
 MODE_FIELDS = {
     "images_per_s", "latency_median_ms", "latency_p90_ms", "peak_rss_mib", "encoder_gflops_per_image",

@@ -11,7 +11,7 @@ import torch
 
 from conftest import REPO_ROOT
 from test_modeling_exactness import CLASSES, build_segmentor, run_plugin, smooth_image
-from clearclip_d2.modeling.class_chunks import CONFIDENCE_KEY, LABELS_KEY, RUNTIME_BYTES
+from clearclip_d2.modeling.inference.class_chunks import CONFIDENCE_KEY, LABELS_KEY, RUNTIME_BYTES
 from clearclip_d2.utils.errors import ClearCLIPError
 
 CHUNKED = {"MODEL.CLEARCLIP.MAX_DENSE_ELEMENTS": 0}

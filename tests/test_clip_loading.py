@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import TINY_VIT, save_random_checkpoint, write_model_config
-from clearclip_d2.modeling.clip_loading import build_clip_model, resolve_architecture, supported_architectures
+from clearclip_d2.modeling.clip.loading import build_clip_model, resolve_architecture, supported_architectures
 from clearclip_d2.utils.errors import ClearCLIPError
 
 
@@ -115,7 +115,7 @@ def test_checkpoint_with_missing_keys(tmp_path, tiny_model_files, tiny_clip):
 
 
 def test_openai_tag_without_internet_says_how_to_pass_a_file(monkeypatch):
-    from clearclip_d2.modeling import clip_loading
+    from clearclip_d2.modeling.clip import loading as clip_loading
 
     monkeypatch.setattr(clip_loading, "_host_resolves", lambda host: False)
     monkeypatch.setattr(clip_loading, "_cached_tag_file", lambda cfg, cache_dir: None)
@@ -129,7 +129,7 @@ def test_cached_tag_weights_get_quick_gelu(monkeypatch, tmp_path):
     """OpenAI weights were trained with QuickGELU: a tag that says so must switch it on."""
     from open_clip.transformer import QuickGELU
 
-    from clearclip_d2.modeling import clip_loading
+    from clearclip_d2.modeling.clip import loading as clip_loading
 
     calls = {}
     monkeypatch.setattr(clip_loading, "_download_tag", lambda arch, tag, cfg, cache: calls.setdefault("path", "ckpt"))

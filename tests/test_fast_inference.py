@@ -7,8 +7,8 @@ from detectron2.modeling import build_model
 
 from conftest import tiny_cfg
 from clearclip_d2.config import check_clearclip_config
-from clearclip_d2.modeling.decomposition import TokenLayout, decomposed_block_forward, is_standard_block, qk_attention
-from clearclip_d2.modeling.dense_encoder import DenseCLIPEncoder
+from clearclip_d2.modeling.clip.decomposition import TokenLayout, decomposed_block_forward, is_standard_block, qk_attention
+from clearclip_d2.modeling.clip.dense_encoder import DenseCLIPEncoder
 from clearclip_d2.utils.errors import ClearCLIPError
 
 CLASSES = ["background", "cat, kitten", "dog", "grass, lawn", "sky"]

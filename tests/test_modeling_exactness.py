@@ -12,9 +12,9 @@ import reference_clearclip as ref
 from conftest import FEATURE_ATOL, FEW_TEMPLATES, tiny_cfg
 from clearclip_d2.data.transforms import ResizeShortLongEdge
 from clearclip_d2.data.vocabulary import vocabulary_from_names
-from clearclip_d2.modeling.dense_encoder import DenseCLIPEncoder
-from clearclip_d2.modeling.slide_inference import centred_padding, slide_window_boxes
-from clearclip_d2.modeling.text_classifier import build_text_classifier
+from clearclip_d2.modeling.clip.dense_encoder import DenseCLIPEncoder
+from clearclip_d2.modeling.inference.slide_inference import centred_padding, slide_window_boxes
+from clearclip_d2.modeling.clip.text_classifier import build_text_classifier
 
 CLASSES = ["background", "cat, kitten", "dog", "grass, lawn, meadow", "sky", "road"]
 QUERIES = ["background", "cat", "kitten", "dog", "grass", "lawn", "meadow", "sky", "road"]

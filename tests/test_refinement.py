@@ -15,13 +15,14 @@ from test_modeling_exactness import CLASSES, run_plugin, smooth_image
 
 from clearclip_d2 import ClearCLIPError
 from clearclip_d2.config import check_clearclip_config
-from clearclip_d2.modeling.mask_model import (
+from clearclip_d2.modeling.refinement.masks import (
     class_agnostic_masks,
     load_mask_model_config,
     model_zoo_config_dir,
     resolve_mask_model_config,
 )
-from clearclip_d2.modeling.refinement import assign_pixels_to_masks, pamr, refine_with_masks
+from clearclip_d2.modeling.refinement.masks import assign_pixels_to_masks, refine_with_masks
+from clearclip_d2.modeling.refinement.pamr import pamr
 
 ZOO_MASK_RCNN = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"
 

@@ -11,7 +11,8 @@ import torch
 from detectron2.modeling import build_model
 
 from conftest import FEW_TEMPLATES, save_random_checkpoint, tiny_cfg
-from clearclip_d2.modeling.text_cache import CACHE_DIR_ENV, TextEmbeddingCache, default_text_cache_dir
+from clearclip_d2.constants import CACHE_DIR_ENV, default_text_cache_dir
+from clearclip_d2.modeling.clip.text_cache import TextEmbeddingCache
 
 CLASSES = ["background", "cat, kitten", "dog"]
 
@@ -26,7 +27,7 @@ def cached_model(model_files, cache_dir, **overrides):
 @contextlib.contextmanager
 def cache_warnings(caplog):
     """Capture the cache's warnings even if a Detectron2 logger set-up stopped propagation."""
-    logger = logging.getLogger("clearclip_d2.modeling.text_cache")
+    logger = logging.getLogger("clearclip_d2.modeling.clip.text_cache")
     logger.addHandler(caplog.handler)
     try:
         with caplog.at_level(logging.WARNING, logger=logger.name):

@@ -35,8 +35,8 @@ import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 from clearclip_d2.engine import benchmark as bench  # noqa: E402
-from clearclip_d2.modeling.precision import PRECISIONS  # noqa: E402
-from clearclip_d2.modeling.slide_inference import slide_window_boxes  # noqa: E402
+from clearclip_d2.modeling.clip.precision import PRECISIONS  # noqa: E402
+from clearclip_d2.modeling.inference.slide_inference import slide_window_boxes  # noqa: E402
 from clearclip_d2.utils import ClearCLIPError, atomic_write_json  # noqa: E402
 from clearclip_d2.utils.cli import exit_on_user_error, load_segmentor_config  # noqa: E402
 
@@ -141,7 +141,7 @@ def measure_encoder_alone(model, reference_style: bool, args, peak_flops: float,
     windows = 1 if reference_style else model.window_batch
     images = torch.randn(windows, 3, crop, crop, device=device)
     forward = encoder.reference_style_forward if reference_style else encoder
-    from clearclip_d2.modeling.precision import with_precision
+    from clearclip_d2.modeling.clip.precision import with_precision
 
     encode = with_precision(forward, device, model.precision)
     with torch.no_grad():

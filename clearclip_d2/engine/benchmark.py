@@ -14,8 +14,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..modeling.dense_encoder import DenseCLIPEncoder
-from ..modeling.slide_inference import padded_size, slide_window_boxes
+from ..modeling.clip.dense_encoder import DenseCLIPEncoder
+from ..modeling.inference.slide_inference import padded_size, slide_window_boxes
 from ..utils.io import write_proc_control
 
 

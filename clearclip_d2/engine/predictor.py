@@ -24,7 +24,8 @@ from detectron2.modeling import build_model
 
 from ..data.transforms import ResizeShortLongEdge
 from ..data.vocabulary import Vocabulary
-from ..modeling.class_chunks import LABELS_KEY, output_labels
+from ..modeling.inference.class_chunks import LABELS_KEY, output_labels
+from ..checks import check_input_format
 from ..utils.errors import ClearCLIPError
 
 
@@ -41,8 +42,6 @@ class ClearCLIPPredictor:
     """
 
     def __init__(self, cfg):
-        import clearclip_d2  # noqa: F401  (registers ClearCLIPSegmentor)
-
         self.cfg = cfg.clone()  # the model may modify its cfg
         self.model = build_model(self.cfg)
         self.model.eval()
@@ -50,8 +49,7 @@ class ClearCLIPPredictor:
             DetectionCheckpointer(self.model).load(self.cfg.MODEL.WEIGHTS)
         self.aug = ResizeShortLongEdge(self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST)
         self.input_format = self.cfg.INPUT.FORMAT
-        if self.input_format not in ("RGB", "BGR"):
-            raise ClearCLIPError(f"INPUT.FORMAT {self.input_format!r} is not supported; use RGB or BGR")
+        check_input_format(self.input_format)
 
     # ----------------------------------------------------------------- vocabulary
     def set_vocabulary(self, vocabulary) -> None:

@@ -45,7 +45,7 @@ from detectron2.evaluation import SemSegEvaluator, inference_on_dataset
 from detectron2.utils import comm
 from detectron2.utils.comm import all_gather, is_main_process, synchronize
 
-from ..modeling.class_chunks import output_labels
+from ..modeling.inference.class_chunks import output_labels
 from ..utils.errors import ClearCLIPError, user_message
 from ..utils.io import atomic_write, atomic_write_json, file_sha256
 from .bad_inputs import SKIPPED_FILE, BadInputFilter, check_label_map, stop_message, write_skipped_list
@@ -245,7 +245,7 @@ def flatten_config(node, prefix: str) -> Dict[str, Any]:
 
 
 def result_relevant_config(cfg, dataset_name: str) -> Dict[str, Any]:
-    from .. import __version__
+    from ..constants import __version__
 
     config = {**flatten_config(cfg.MODEL, "MODEL"), **flatten_config(cfg.INPUT, "INPUT")}
     config = {key: value for key, value in config.items() if key not in RESULT_NEUTRAL_KEYS}
@@ -269,7 +269,7 @@ def weights_identity(cfg) -> Dict[str, str]:
     identity = {}
     cc = cfg.MODEL.get("CLEARCLIP")
     if cc is not None:
-        from ..modeling.clip_loading import resolve_architecture, weights_identity as clip_weights
+        from ..modeling.clip.loading import resolve_architecture, weights_identity as clip_weights
 
         identity["MODEL.CLEARCLIP.PRETRAINED"] = clip_weights(resolve_architecture(cc.MODEL_NAME), cc.PRETRAINED)
     if cfg.MODEL.WEIGHTS:

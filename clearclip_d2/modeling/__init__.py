@@ -1,11 +1,12 @@
 from .backbone import ClearCLIPBackbone, build_clearclip_backbone
-from .clip_loading import build_clip_model
-from .decomposition import ATTENTION_VARIANTS, decomposed_block_forward
-from .dense_encoder import DenseCLIPEncoder
+from .clip.loading import build_clip_model
+from .clip.decomposition import ATTENTION_VARIANTS, decomposed_block_forward
+from .clip.dense_encoder import DenseCLIPEncoder
 from .meta_arch import ClearCLIPSegmentor
-from .refinement import assign_pixels_to_masks, average_in_regions, pamr, refine_with_masks
-from .slide_inference import logits_to_probabilities, slide_window_boxes
-from .text_classifier import build_text_classifier
+from .refinement.masks import assign_pixels_to_masks, average_in_regions, refine_with_masks
+from .refinement.pamr import pamr
+from .inference.slide_inference import logits_to_probabilities, slide_window_boxes
+from .clip.text_classifier import build_text_classifier
 
 __all__ = [
     "ATTENTION_VARIANTS",

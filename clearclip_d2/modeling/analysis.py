@@ -8,7 +8,7 @@ statistics the paper plots (:func:`feature_norm`, :func:`normalised_entropy`,
 that segments with a mix ``res_weight * X_res + attn_weight * X_attn`` of the last block
 (:class:`LastBlockFeatureEncoder`: ``X_res``, ``X_attn``, ``X_sum`` and the
 ``X_res + alpha * X_attn`` sweep of Fig. 6), which plugs into the segmentor in place of
-:class:`~clearclip_d2.modeling.dense_encoder.DenseCLIPEncoder`. :class:`FeatureStatistics`
+:class:`~clearclip_d2.modeling.clip.dense_encoder.DenseCLIPEncoder`. :class:`FeatureStatistics`
 accumulates the statistics over batches of images.
 """
 
@@ -20,14 +20,14 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .decomposition import (
+from .clip.decomposition import (
     AttentionFn,
     attention_branch,
     check_decomposable_block,
     feed_forward_branch,
     qk_attention,
 )
-from .dense_encoder import DenseCLIPEncoder
+from .clip.dense_encoder import DenseCLIPEncoder
 
 # (res_weight, attn_weight) of each of the paper's features of a block (see LastBlockFeatureEncoder).
 FEATURE_WEIGHTS = {"x_res": (1.0, 0.0), "x_attn": (0.0, 1.0), "x_sum": (1.0, 1.0)}

@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
+from ..checks import check_input_format
 from ..utils.errors import ClearCLIPError
-from .clip_loading import build_clip_model_from_config
-from .dense_encoder import DenseCLIPEncoder
+from .clip.loading import build_clip_model_from_config
+from .clip.dense_encoder import DenseCLIPEncoder
 
 FEATURE_NAME = "clip"
 
@@ -37,8 +38,7 @@ class ClearCLIPBackbone(Backbone):
 
     def __init__(self, encoder: DenseCLIPEncoder, input_format: str = "RGB", l2_normalize: bool = True):
         super().__init__()
-        if input_format not in ("RGB", "BGR"):
-            raise ClearCLIPError(f"INPUT.FORMAT {input_format!r} is not supported by the ClearCLIP backbone; use RGB or BGR")
+        check_input_format(input_format, owner="the ClearCLIP backbone")
         self.encoder = encoder.requires_grad_(False).eval()
         self.input_format = input_format
         self.l2_normalize = bool(l2_normalize)
@@ -95,7 +95,7 @@ def check_clearclip_backbone_config(cfg) -> None:
     import open_clip
 
     from ..config import check_clearclip_config
-    from .clip_loading import resolve_architecture
+    from .clip.loading import resolve_architecture
 
     check_clearclip_config(cfg)
     arch_cfg = open_clip.get_model_config(resolve_architecture(cfg.MODEL.CLEARCLIP.MODEL_NAME)) or {}

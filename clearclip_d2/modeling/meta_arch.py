@@ -10,15 +10,23 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
+from ..checks import (
+    check_class_chunking,
+    check_input_format,
+    check_precision,
+    check_prob_threshold,
+    check_sliding_window,
+    check_templates,
+)
 from ..constants import PROB_THRESHOLD_FROM_DATASET
 from ..data.vocabulary import Vocabulary, load_vocabulary_file, vocabulary_from_names
 from ..utils.errors import ClearCLIPError
-from .clip_loading import build_clip_model_from_config
-from .precision import check_precision, with_precision
-from .dense_encoder import DenseCLIPEncoder
-from .class_chunks import CONFIDENCE_KEY, LABELS_KEY, chunked_labels, use_class_chunks
+from .clip.loading import build_clip_model_from_config
+from .clip.precision import with_precision
+from .clip.dense_encoder import DenseCLIPEncoder
+from .inference.class_chunks import CONFIDENCE_KEY, LABELS_KEY, chunked_labels, use_class_chunks
 from .refinement import build_refiner
-from .slide_inference import (
+from .inference.slide_inference import (
     average_window_logits,
     encode_whole_image,
     encode_windows,
@@ -26,8 +34,8 @@ from .slide_inference import (
     patch_logits,
     windows_by_image,
 )
-from .text_cache import TextEmbeddingCache
-from .text_classifier import build_text_classifier, check_templates
+from .clip.text_cache import TextEmbeddingCache
+from .clip.text_classifier import build_text_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +61,7 @@ def prob_threshold_of_dataset(dataset_name: str) -> float:
 def prob_threshold_from_config(cfg) -> Optional[float]:
     """``PROB_THRESHOLD`` if given; None for "the test dataset's" (``PROB_THRESHOLD_FROM_DATASET``)."""
     threshold = float(cfg.MODEL.CLEARCLIP.PROB_THRESHOLD)
+    check_prob_threshold(threshold)
     return None if threshold == PROB_THRESHOLD_FROM_DATASET else threshold
 
 
@@ -74,7 +83,7 @@ class ClearCLIPSegmentor(nn.Module):
     Output: one ``{"sem_seg": Tensor[K, height, width]}`` per image, the per-class
     probabilities of the reference, whose argmax is the prediction (background threshold
     included, see :func:`logits_to_probabilities`). When queries x height x width passes
-    ``max_dense_elements``, the classes go through in chunks (:mod:`.class_chunks`) and the
+    ``max_dense_elements``, the classes go through in chunks (:mod:`.inference.class_chunks`) and the
     output is ``{"sem_seg_labels": Tensor[height, width] int64, "sem_seg_confidence":
     Tensor[height, width]}`` instead: the same argmax and the highest class probability.
     """
@@ -122,24 +131,16 @@ class ClearCLIPSegmentor(nn.Module):
             class_chunk: queries per chunk when the output is too large for ``sem_seg``.
             max_dense_elements: largest queries x height x width returned as ``sem_seg``.
             text_cache: disk cache of the text embeddings (None = memory only).
-            precision: image-encoder precision, "fp32", "fp16" (CUDA) or "bf16" (:mod:`.precision`).
+            precision: image-encoder precision, "fp32", "fp16" (CUDA) or "bf16" (:mod:`.clip.precision`).
             dataset_name: the dataset evaluated first, whose threshold applies if ``prob_threshold`` is None.
             refiner: ``refiner(probs [K, H, W], image) -> [K, H, W]`` applied before the
                 background threshold (``MODEL.CLEARCLIP.REFINE``, see :mod:`.refinement`).
         """
         super().__init__()
         check_templates(prompt_templates)
-        if input_format not in ("RGB", "BGR"):
-            raise ClearCLIPError(f"INPUT.FORMAT {input_format!r} is not supported; use RGB or BGR")
-        if class_chunk <= 0 or max_dense_elements < 0:
-            raise ClearCLIPError(
-                f"MODEL.CLEARCLIP.CLASS_CHUNK {class_chunk} must be > 0 and MAX_DENSE_ELEMENTS {max_dense_elements} >= 0"
-            )
-        if slide_crop < 0 or (slide_crop > 0 and slide_stride <= 0) or window_batch <= 0:
-            raise ClearCLIPError(
-                f"bad sliding window (SLIDE_CROP {slide_crop}, SLIDE_STRIDE {slide_stride}, WINDOW_BATCH "
-                f"{window_batch}): crop >= 0, stride > 0 and window batch > 0 are needed"
-            )
+        check_input_format(input_format)
+        check_class_chunking(class_chunk, max_dense_elements)
+        check_sliding_window(slide_crop, slide_stride, window_batch)
         self.clip_model = clip_model
         self.tokenizer = tokenizer
         self.encoder = encoder

@@ -13,19 +13,10 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from ..utils.errors import ClearCLIPError
+from ...checks import check_precision
 
+# The autocast dtype of each name of constants.PRECISION_NAMES (None: no autocast).
 PRECISIONS: Dict[str, Optional[torch.dtype]] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def check_precision(precision: str, device: Optional[str] = None) -> None:
-    """Refuse unknown precisions, and fp16 on the CPU, in one line."""
-    if precision not in PRECISIONS:
-        raise ClearCLIPError(f"unknown MODEL.CLEARCLIP.PRECISION {precision!r}; valid values: {', '.join(PRECISIONS)}")
-    if precision == "fp16" and device is not None and torch.device(device).type == "cpu":
-        raise ClearCLIPError(
-            "MODEL.CLEARCLIP.PRECISION fp16 needs a CUDA device (MODEL.DEVICE cuda); on the CPU use fp32 or bf16"
-        )
 
 
 def with_precision(encode: Callable[[torch.Tensor], torch.Tensor], device: torch.device, precision: str):

@@ -6,20 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..utils.errors import ClearCLIPError
+from ...checks import check_templates
 
 
 def fill_templates(templates: Sequence[str], name: str) -> list:
     """Prompts for one query: each template with ``{}`` replaced by ``name``."""
     return [template.replace("{}", name) for template in templates]
-
-
-def check_templates(templates: Sequence[str]) -> None:
-    if len(templates) == 0:
-        raise ClearCLIPError("MODEL.CLEARCLIP.PROMPT_TEMPLATES is empty; give at least one template such as 'a photo of a {}.'")
-    for template in templates:
-        if "{}" not in template:
-            raise ClearCLIPError(f"prompt template {template!r} has no '{{}}' for the class name (MODEL.CLEARCLIP.PROMPT_TEMPLATES)")
 
 
 @torch.no_grad()

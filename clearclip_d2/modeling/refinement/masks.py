@@ -9,7 +9,8 @@ weights (``MASK_MODEL_WEIGHTS``). Its classes are ignored; only its masks are us
 * else ``sem_seg``: the region of every predicted class.
 
 Masks with a score below ``MASK_MIN_SCORE`` are dropped (panoptic stuff segments and semantic
-regions have no score and count as 1).
+regions have no score and count as 1). ClearCLIP's probabilities are averaged inside each mask
+(:func:`refine_with_masks`); pixels outside every mask keep their own.
 """
 
 import importlib
@@ -21,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..utils.errors import ClearCLIPError
-from .refinement import refine_with_masks
+from ...checks import check_input_format, check_mask_min_score, register_config_check
+from ...utils.errors import ClearCLIPError
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,55 @@ RANDOM_WEIGHTS = "random"
 EXAMPLE_ZOO_CONFIG = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"
 
 
+# --------------------------------------------------------------------------- averaging in masks
+def assign_pixels_to_masks(masks: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """Which mask each pixel belongs to, masks overlapping.
+
+    Args:
+        masks: [M, H, W] bool.
+        scores: [M] confidence of each mask.
+    Returns:
+        [H, W] int64: the index of the highest-scoring mask covering the pixel (equal scores:
+        the lower index), -1 where no mask covers it.
+    """
+    if masks.shape[0] == 0:
+        return torch.full(masks.shape[-2:], -1, dtype=torch.long, device=masks.device)
+    ranked = torch.where(masks, scores.float().view(-1, 1, 1), torch.tensor(float("-inf"), device=masks.device))
+    owner = ranked.argmax(dim=0)  # the first of equal maxima
+    return torch.where(masks.any(dim=0), owner, torch.full_like(owner, -1))
+
+
+def average_in_regions(probs: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """Replace the probabilities of every region by their mean over the region.
+
+    Args:
+        probs: [K, H, W].
+        regions: [H, W] int64 region index, -1 = no region (pixel kept as it is).
+    Returns:
+        [K, H, W].
+    """
+    num_classes = probs.shape[0]
+    flat, ids = probs.reshape(num_classes, -1), regions.reshape(-1).to(probs.device)
+    inside = ids >= 0
+    if not bool(inside.any()):
+        return probs.clone()
+    ids_inside = ids[inside]
+    num_regions = int(ids_inside.max()) + 1
+    sums = flat.new_zeros((num_classes, num_regions)).index_add_(1, ids_inside, flat[:, inside])
+    counts = torch.bincount(ids_inside, minlength=num_regions).clamp(min=1).to(flat.dtype)
+    out = flat.clone()
+    out[:, inside] = (sums / counts)[:, ids_inside]
+    return out.view_as(probs)
+
+
+def refine_with_masks(probs: torch.Tensor, masks: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """``REFINE masks``: each pixel goes to the highest-scoring mask that covers it
+    (:func:`assign_pixels_to_masks`); the probabilities are averaged over the pixels of each
+    mask; pixels outside every mask keep their own. probs [K, H, W], masks [M, H, W] bool."""
+    return average_in_regions(probs, assign_pixels_to_masks(masks.to(probs.device), scores.to(probs.device)))
+
+
+# --------------------------------------------------------------------------- the mask model
 def model_zoo_config_dir() -> str:
     """The folder of Detectron2's model-zoo configs (found without importing
     ``detectron2.model_zoo``, which needs ``pkg_resources``)."""
@@ -94,8 +144,7 @@ def load_mask_model_config(config: str, weights: str, device: str = "cpu", add_c
             f"mask model {path}: META_ARCHITECTURE {meta_arch!r} is not registered; import its project "
             "(MODEL.CLEARCLIP.MASK_MODEL_ADD_CONFIG does it)"
         )
-    if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
-        raise ClearCLIPError(f"mask model {path}: INPUT.FORMAT {cfg.INPUT.FORMAT!r} is not supported (RGB or BGR)")
+    check_input_format(cfg.INPUT.FORMAT, owner=f"mask model {path}")
     cfg.MODEL.WEIGHTS = resolve_mask_model_weights(weights, cfg.MODEL.WEIGHTS, path)
     cfg.MODEL.DEVICE = device
     cfg.freeze()
@@ -198,7 +247,7 @@ class MaskModelRefiner(nn.Module):
     @classmethod
     def from_clearclip_config(cls, cfg) -> "MaskModelRefiner":
         cc = cfg.MODEL.CLEARCLIP
-        check_min_score(cc.MASK_MIN_SCORE)
+        check_mask_min_score(cc.MASK_MIN_SCORE)
         mask_cfg = load_mask_model_config(cc.MASK_MODEL_CONFIG, cc.MASK_MODEL_WEIGHTS, cfg.MODEL.DEVICE, cc.MASK_MODEL_ADD_CONFIG)
         return cls(
             build_mask_model(mask_cfg),
@@ -232,13 +281,12 @@ class MaskModelRefiner(nn.Module):
         return refine_with_masks(probs, masks, scores)
 
 
-def check_min_score(min_score: float) -> None:
-    if not 0.0 <= float(min_score) <= 1.0:
-        raise ClearCLIPError(f"MODEL.CLEARCLIP.MASK_MIN_SCORE {min_score} must be in [0, 1]")
-
-
+@register_config_check
 def check_mask_model_config(cfg) -> None:
-    """Check the ``REFINE masks`` keys (config file, project hook, weights) without building anything."""
+    """With ``REFINE masks``: check its keys (config file, project hook, weights) without
+    building anything; other refinements need nothing here."""
     cc = cfg.MODEL.CLEARCLIP
-    check_min_score(cc.MASK_MIN_SCORE)
+    if str(cc.REFINE).lower() != "masks":
+        return
+    check_mask_min_score(cc.MASK_MIN_SCORE)
     load_mask_model_config(cc.MASK_MODEL_CONFIG, cc.MASK_MODEL_WEIGHTS, cfg.MODEL.DEVICE, cc.MASK_MODEL_ADD_CONFIG)

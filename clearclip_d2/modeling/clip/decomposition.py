@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..constants import NACLIP_GAUSSIAN_STD
-from ..utils.errors import ClearCLIPError
+from ...constants import NACLIP_GAUSSIAN_STD
+from ...checks import check_attention
+from ...utils.errors import ClearCLIPError
 
 
 @dataclass(frozen=True)
@@ -132,13 +133,8 @@ def get_attention_variant(name: str, naclip_std: Optional[float] = None) -> Atte
     ``naclip_std`` (patches, > 0) sets the width of NACLIP's prior; default
     :data:`~clearclip_d2.constants.NACLIP_GAUSSIAN_STD`.
     """
-    if name not in ATTENTION_VARIANTS:
-        raise ClearCLIPError(
-            f"unknown MODEL.CLEARCLIP.ATTENTION {name!r}; valid values: {', '.join(ATTENTION_VARIANTS)}"
-        )
+    check_attention(name, naclip_std)
     if name == "naclip" and naclip_std is not None:
-        if not naclip_std > 0:
-            raise ClearCLIPError(f"MODEL.CLEARCLIP.NACLIP_GAUSSIAN_STD {naclip_std} must be > 0 (patches)")
         return functools.partial(naclip_attention, std=float(naclip_std))
     return ATTENTION_VARIANTS[name]
 

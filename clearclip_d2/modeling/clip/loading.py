@@ -18,8 +18,9 @@ import torch
 from open_clip.pretrained import download_pretrained, get_pretrained_cfg, list_pretrained_tags_by_model
 from torch import nn
 
-from ..utils.errors import ClearCLIPError
-from ..utils.io import file_sha256
+from ...checks import register_config_check
+from ...utils.errors import ClearCLIPError
+from ...utils.io import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +166,13 @@ def check_pretrained(arch: str, pretrained: str) -> str:
             f"tags ({', '.join(tags) if tags else 'none'})"
         )
     return "tag"
+
+
+@register_config_check
+def check_weights_config(cfg) -> None:
+    """``MODEL_NAME`` and ``PRETRAINED`` name an architecture and weights that exist (nothing is downloaded)."""
+    cc = cfg.MODEL.CLEARCLIP
+    check_pretrained(resolve_architecture(cc.MODEL_NAME), cc.PRETRAINED)
 
 
 def _download_tag(arch: str, tag: str, tag_cfg: Dict, cache_dir: Optional[str]) -> str:

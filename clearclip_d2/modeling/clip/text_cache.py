@@ -16,7 +16,8 @@ templates and the queries, so it is computed once and stored as
 Files are written atomically (temporary file + rename), so concurrent ranks writing the same
 entry leave one whole file. On load the stored key, shape, dtype and unit norms are checked:
 a corrupt, truncated or foreign file is rebuilt with a warning, never used. A cache folder
-that cannot be written only costs a warning.
+that cannot be written only costs a warning. The default folder is
+:func:`~clearclip_d2.constants.default_text_cache_dir`.
 """
 
 import hashlib
@@ -28,24 +29,13 @@ from typing import Callable, Dict, Optional, Sequence
 import open_clip
 import torch
 
-from ..utils.io import atomic_write
-from .clip_loading import weights_identity
+from ...utils.io import atomic_write
+from .loading import weights_identity
 
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = "clearclip_d2.text_embeddings.v1"
 TENSOR_NAME = "text_embeddings"
-# Environment variable that overrides the default cache folder (the tests point it at a temporary folder).
-CACHE_DIR_ENV = "CLEARCLIP_D2_CACHE_DIR"
-
-
-def default_text_cache_dir() -> str:
-    """``$CLEARCLIP_D2_CACHE_DIR``, else ``$XDG_CACHE_HOME/clearclip_d2/text_embeddings``
-    (``~/.cache`` when ``XDG_CACHE_HOME`` is unset)."""
-    if os.environ.get(CACHE_DIR_ENV):
-        return os.environ[CACHE_DIR_ENV]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "clearclip_d2", "text_embeddings")
 
 
 def model_identity(arch: str, pretrained: str, force_quick_gelu: bool) -> Dict:

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..constants import POS_EMBED_INTERP_OFFSET
-from ..utils.errors import ClearCLIPError
+from ...constants import POS_EMBED_INTERP_OFFSET
+from ...utils.errors import ClearCLIPError
 from .decomposition import (
     TokenLayout,
     check_decomposable_block,

@@ -1,0 +1,143 @@
+"""Each validation of a user-given value, written once.
+
+Every function here checks one value (or one group of values that only make sense together),
+and raises :class:`~clearclip_d2.utils.errors.ClearCLIPError` naming the key and the fix. They
+are called by :func:`clearclip_d2.config.check_clearclip_config` (before anything is built)
+AND where the value enters the code (the meta-architecture, the backbone, the predictor, the
+refiners), never re-written there.
+
+Where ``check_clearclip_config`` lives, and why there is no import cycle: it stays in
+``config.py`` beside the keys it checks, and ``config.py`` imports only ``constants``, this
+module, ``utils`` and ``data.vocabulary`` -- nothing from ``modeling``. This module imports
+only ``constants`` and ``utils``. Two checks need the modeling code itself: the CLIP weights
+(open_clip's architecture and tag tables, ``modeling/clip/loading.py``) and the mask model of
+``REFINE masks`` (a whole Detectron2 config, ``modeling/refinement/masks.py``). Those modules
+register them here with :func:`register_config_check` when they are imported, and
+``check_clearclip_config`` runs :func:`run_registered_config_checks`. The arrows only point
+from ``modeling`` to ``checks``; ``import clearclip_d2`` imports ``modeling`` (to fill
+Detectron2's registries), so the registered checks are always in place when a config is checked.
+"""
+
+from typing import Callable, List, Optional, Sequence
+
+import torch
+
+from .constants import (
+    ATTENTION_VARIANT_NAMES,
+    INPUT_FORMATS,
+    PRECISION_NAMES,
+    PROB_THRESHOLD_FROM_DATASET,
+    REFINE_CHOICES,
+)
+from .utils.errors import ClearCLIPError
+
+ConfigCheck = Callable[[object], None]
+_REGISTERED_CONFIG_CHECKS: List[ConfigCheck] = []
+
+
+# --------------------------------------------------------------------------- checks that need modeling
+def register_config_check(check: ConfigCheck) -> ConfigCheck:
+    """Have :func:`clearclip_d2.config.check_clearclip_config` also run ``check(cfg)``
+    (used by the modeling modules for checks that need their code); usable as a decorator."""
+    if check not in _REGISTERED_CONFIG_CHECKS:
+        _REGISTERED_CONFIG_CHECKS.append(check)
+    return check
+
+
+def registered_config_checks() -> List[ConfigCheck]:
+    """The checks registered with :func:`register_config_check`, in registration order."""
+    return list(_REGISTERED_CONFIG_CHECKS)
+
+
+def run_registered_config_checks(cfg) -> None:
+    for check in _REGISTERED_CONFIG_CHECKS:
+        check(cfg)
+
+
+# --------------------------------------------------------------------------- input
+def check_input_format(input_format: str, owner: str = "") -> None:
+    """``INPUT.FORMAT`` must be RGB or BGR. ``owner``: whose config it is, e.g. "mask model x.yaml"."""
+    if input_format not in INPUT_FORMATS:
+        prefix = f"{owner}: " if owner else ""
+        raise ClearCLIPError(f"{prefix}INPUT.FORMAT {input_format!r} is not supported; use {' or '.join(INPUT_FORMATS)}")
+
+
+# --------------------------------------------------------------------------- method
+def check_attention(name: str, naclip_std: Optional[float] = None) -> None:
+    """``ATTENTION`` must name a variant; ``NACLIP_GAUSSIAN_STD`` (patches, if given) must be > 0 for naclip."""
+    if name not in ATTENTION_VARIANT_NAMES:
+        raise ClearCLIPError(
+            f"unknown MODEL.CLEARCLIP.ATTENTION {name!r}; valid values: {', '.join(ATTENTION_VARIANT_NAMES)}"
+        )
+    if name == "naclip" and naclip_std is not None and not naclip_std > 0:
+        raise ClearCLIPError(f"MODEL.CLEARCLIP.NACLIP_GAUSSIAN_STD {naclip_std} must be > 0 (patches)")
+
+
+def check_templates(templates: Sequence[str]) -> None:
+    """``PROMPT_TEMPLATES``: at least one, each with ``{}`` for the class name."""
+    if len(templates) == 0:
+        raise ClearCLIPError("MODEL.CLEARCLIP.PROMPT_TEMPLATES is empty; give at least one template such as 'a photo of a {}.'")
+    for template in templates:
+        if "{}" not in template:
+            raise ClearCLIPError(f"prompt template {template!r} has no '{{}}' for the class name (MODEL.CLEARCLIP.PROMPT_TEMPLATES)")
+
+
+def check_prob_threshold(threshold: float) -> None:
+    """``PROB_THRESHOLD`` in [0, 1], or ``PROB_THRESHOLD_FROM_DATASET`` (each dataset's own)."""
+    if not (0.0 <= threshold <= 1.0 or threshold == PROB_THRESHOLD_FROM_DATASET):
+        raise ClearCLIPError(
+            f"MODEL.CLEARCLIP.PROB_THRESHOLD {threshold} must be in [0, 1], "
+            f"or {PROB_THRESHOLD_FROM_DATASET} for each dataset's reference threshold"
+        )
+
+
+# --------------------------------------------------------------------------- inference
+def check_sliding_window(crop: int, stride: int, window_batch: int) -> None:
+    """``SLIDE_CROP`` >= 0 (0 = whole image), ``SLIDE_STRIDE`` > 0 when sliding, ``WINDOW_BATCH`` > 0."""
+    if crop < 0 or (crop > 0 and stride <= 0) or window_batch <= 0:
+        raise ClearCLIPError(
+            f"MODEL.CLEARCLIP.SLIDE_CROP {crop} / SLIDE_STRIDE {stride} / WINDOW_BATCH "
+            f"{window_batch}: need crop >= 0 (0 = whole image), stride > 0, window batch > 0"
+        )
+
+
+def check_class_chunking(class_chunk: int, max_dense_elements: int) -> None:
+    """``CLASS_CHUNK`` > 0 and ``MAX_DENSE_ELEMENTS`` >= 0."""
+    if class_chunk <= 0 or max_dense_elements < 0:
+        raise ClearCLIPError(
+            f"MODEL.CLEARCLIP.CLASS_CHUNK {class_chunk} must be > 0 and MAX_DENSE_ELEMENTS "
+            f"{max_dense_elements} >= 0 (0 = always chunked)"
+        )
+
+
+def check_precision(precision: str, device: Optional[str] = None) -> None:
+    """Refuse unknown precisions, and fp16 on the CPU (``device`` None: not checked)."""
+    if precision not in PRECISION_NAMES:
+        raise ClearCLIPError(f"unknown MODEL.CLEARCLIP.PRECISION {precision!r}; valid values: {', '.join(PRECISION_NAMES)}")
+    if precision == "fp16" and device is not None and torch.device(device).type == "cpu":
+        raise ClearCLIPError(
+            "MODEL.CLEARCLIP.PRECISION fp16 needs a CUDA device (MODEL.DEVICE cuda); on the CPU use fp32 or bf16"
+        )
+
+
+# --------------------------------------------------------------------------- refinement
+def check_refine(refine: str, pamr_iterations: int, pamr_dilations: Sequence[int]) -> str:
+    """``REFINE`` and, for pamr, ``PAMR_ITERATIONS`` / ``PAMR_DILATIONS``; returns the
+    refinement's name in lower case."""
+    name = str(refine).lower()
+    if name not in REFINE_CHOICES:
+        raise ClearCLIPError(f"MODEL.CLEARCLIP.REFINE {refine!r} is not one of {', '.join(REFINE_CHOICES)}")
+    if name == "pamr":
+        if int(pamr_iterations) < 1:
+            raise ClearCLIPError(f"MODEL.CLEARCLIP.PAMR_ITERATIONS {pamr_iterations} must be >= 1")
+        if not len(pamr_dilations) or any(int(d) < 1 for d in pamr_dilations):
+            raise ClearCLIPError(
+                f"MODEL.CLEARCLIP.PAMR_DILATIONS {list(pamr_dilations)} must be a non-empty list of positive pixel counts"
+            )
+    return name
+
+
+def check_mask_min_score(min_score: float) -> None:
+    """``MASK_MIN_SCORE`` in [0, 1]."""
+    if not 0.0 <= float(min_score) <= 1.0:
+        raise ClearCLIPError(f"MODEL.CLEARCLIP.MASK_MIN_SCORE {min_score} must be in [0, 1]")

@@ -1,0 +1,1 @@
+"""Inference over an image: sliding windows and class chunking."""
