@@ -42,7 +42,9 @@ setup(
     zip_safe=False,
     # torch, torchvision and detectron2 come from the user (see the module docstring).
     install_requires=[
-        "open_clip_torch>=2.24",
+        # Tested: 3.3.0 (requirements.txt) and the next major version, 4.2.0.dev0 from its main
+        # branch (tests/test_open_clip_next.py); 2.24 is the older floor, not re-tested with these.
+        "open_clip_torch>=2.24,<5",
         "numpy>=1.21,<2",
         "opencv-python-headless>=4.5,<4.11",
         "Pillow>=9.1",

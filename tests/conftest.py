@@ -34,6 +34,12 @@ FEATURE_ATOL = 5e-5
 FEW_TEMPLATES = ["a photo of a {}.", "a bad photo of the {}.", "a sculpture of a {}."]
 
 
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "open_clip_next: runs tests under open_clip's main-branch snapshot (tests/test_open_clip_next.py)"
+    )
+
 def write_model_config(directory, name="tiny-vit", config=None) -> str:
     path = os.path.join(str(directory), f"{name}.json")
     with open(path, "w") as f:

@@ -199,3 +199,20 @@ def test_checkpoint_hash_is_checked(tmp_path, tiny_model_files):
     with pytest.raises(ClearCLIPError) as info:
         build_clip_model(model_json, path, expected_sha256=digest)
     assert "SHA-256" in str(info.value) and digest in str(info.value) and "PRETRAINED_SHA256" in str(info.value)
+
+
+def test_checkpoint_goes_through_open_clips_conversion(monkeypatch, tmp_path, tiny_model_files, tiny_clip):
+    """Third-party formats are open_clip's to convert: the tensors read go through its
+    convert_state_dict before they are checked and loaded."""
+    from clearclip_d2.modeling import clip_loading
+
+    expected, _ = tiny_clip
+    path = str(tmp_path / "foreign.pt")
+    torch.save({"foreign." + k: v for k, v in expected.state_dict().items()}, path)
+    with pytest.raises(ClearCLIPError, match="does not fit the architecture: missing"):
+        build_clip_model(tiny_model_files[0], path)
+    monkeypatch.setattr(
+        clip_loading, "convert_state_dict", lambda model, state: {k[len("foreign."):]: v for k, v in state.items()}
+    )
+    model, _, _ = build_clip_model(tiny_model_files[0], path)
+    assert torch.equal(model.visual.proj, expected.visual.proj)

@@ -20,7 +20,7 @@ which only the neighbourhood prior of NACLIP needs. ``d^-1/2`` scales every dot 
 
 import functools
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,7 @@ from torch import nn
 from ...constants import NACLIP_GAUSSIAN_STD
 from ...checks import check_attention
 from ...utils.errors import ClearCLIPError
+from .attention_adapter import attention_problem, merge_heads, project_qkv
 
 
 @dataclass(frozen=True)
@@ -139,44 +140,33 @@ def get_attention_variant(name: str, naclip_std: Optional[float] = None) -> Atte
     return ATTENTION_VARIANTS[name]
 
 
-def has_standard_attention(block: nn.Module) -> bool:
-    """True if the block's attention is a standard ``nn.MultiheadAttention`` self-attention
-    (one packed q/k/v projection, no extra key/value biases)."""
+def decomposition_problem(block: nn.Module) -> Optional[str]:
+    """Why ``block`` cannot be split into :func:`attention_branch` and
+    :func:`feed_forward_branch`; None if it can (its attention is a plain multi-head
+    self-attention, read by :mod:`.attention_adapter`)."""
     attn = getattr(block, "attn", None)
-    return isinstance(attn, nn.MultiheadAttention) and attn._qkv_same_embed_dim and attn.bias_k is None
+    if attn is None:
+        return "it has no attention module 'attn'"
+    if not isinstance(getattr(block, "ln_attn", nn.Identity()), nn.Identity):
+        return "it normalises the attention's output (scale_attn)"
+    return attention_problem(attn)
 
 
 def check_decomposable_block(block: nn.Module) -> None:
-    """Refuse blocks whose attention is not a standard ``nn.MultiheadAttention`` self-attention."""
-    if not has_standard_attention(block):
+    """Refuse blocks whose attention is not a plain multi-head self-attention, saying why."""
+    problem = decomposition_problem(block)
+    if problem:
         raise ClearCLIPError(
-            f"the ViT block {type(block).__name__} has no standard multi-head self-attention "
-            "(open_clip models with scaled-cosine or qk-norm attention are not supported); choose another MODEL_NAME"
+            f"the ViT block {type(block).__name__} cannot be decomposed: {problem}; choose another MODEL_NAME"
         )
 
 
 def is_standard_block(block: nn.Module) -> bool:
-    """True for open_clip's plain ``ResidualAttentionBlock`` with a standard self-attention,
+    """True for open_clip's plain ``ResidualAttentionBlock`` with a plain self-attention,
     whose ``forward`` equals ``decomposed_block_forward(block, x, qk_attention, True, True, ...)``."""
     from open_clip.transformer import ResidualAttentionBlock
 
-    return type(block) is ResidualAttentionBlock and has_standard_attention(block) and not hasattr(block, "ln_1_kv")
-
-
-def project_qkv(attn: nn.MultiheadAttention, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Split ``y`` [B, N, C] into per-head q, k, v, each [B, heads, N, C / heads]."""
-    batch, tokens, width = y.shape
-    qkv = F.linear(y, attn.in_proj_weight, attn.in_proj_bias)
-    qkv = qkv.reshape(batch, tokens, 3, attn.num_heads, width // attn.num_heads)
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-    return q, k, v
-
-
-def merge_heads(attn: nn.MultiheadAttention, heads: torch.Tensor) -> torch.Tensor:
-    """[B, heads, N, d] -> out_proj of the concatenated heads, [B, N, heads * d]."""
-    batch, num_heads, tokens, head_dim = heads.shape
-    merged = heads.transpose(1, 2).reshape(batch, tokens, num_heads * head_dim)
-    return attn.out_proj(merged)
+    return type(block) is ResidualAttentionBlock and decomposition_problem(block) is None and not hasattr(block, "ln_1_kv")
 
 
 def attention_branch(block: nn.Module, x: torch.Tensor, attention: AttentionFn, layout: TokenLayout) -> torch.Tensor:

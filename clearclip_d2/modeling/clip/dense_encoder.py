@@ -31,6 +31,7 @@ from torch import nn
 
 from ...constants import POS_EMBED_INTERP_OFFSET
 from ...utils.errors import ClearCLIPError
+from .attention_adapter import takes_batch_first
 from .decomposition import (
     TokenLayout,
     check_decomposable_block,
@@ -145,8 +146,8 @@ class DenseCLIPEncoder(nn.Module):
         return x
 
     def _open_clip_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """``block.forward`` on batch-first tokens, whatever layout the transformer uses."""
-        if getattr(self.visual.transformer, "batch_first", False):
+        """``block.forward`` on batch-first tokens, whatever layout the block takes."""
+        if takes_batch_first(getattr(block, "attn", None)):
             return block(x)
         return block(x.transpose(0, 1)).transpose(0, 1)
 

@@ -2,9 +2,16 @@
 
 ``MODEL_NAME`` is an open_clip architecture name (``ViT-B-16``) or the path of an open_clip
 model-config JSON file. ``PRETRAINED`` is an open_clip pretrained tag (``openai``), a local
-checkpoint file, or empty for random weights. Every checkpoint, downloaded or local, is read
-as tensors only (safetensors, or ``torch.load(weights_only=True)``) and must fit the
-architecture key by key and shape by shape.
+checkpoint file, or empty for random weights.
+
+open_clip builds the model, finds and downloads the tagged weights and converts third-party
+state dicts (``open_clip.convert.convert_state_dict``). On top of it this module keeps three
+guarantees: the checkpoint file is read as tensors only (safetensors, or
+``torch.load(weights_only=True)``), which ``open_clip.load_checkpoint`` does not promise for
+every format (open_clip 3.x retries ``torch.load`` without ``weights_only`` on a
+``TypeError`` and accepts TorchScript archives); ``PRETRAINED_SHA256`` is checked before the
+file is read; QuickGELU is switched on for weights that were trained with it (open_clip only
+warns). A checkpoint must then fit the architecture key by key and shape by shape.
 """
 
 import json
@@ -15,6 +22,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import open_clip
 import torch
+from open_clip.convert import convert_state_dict
 from open_clip.pretrained import download_pretrained, get_pretrained_cfg, list_pretrained_tags_by_model
 from torch import nn
 
@@ -266,8 +274,12 @@ def _is_torchscript_archive(path: str) -> bool:
 
 
 def load_checkpoint_strictly(model: nn.Module, path: str) -> None:
-    """Load ``path`` into ``model``; refuse it, naming the first mismatches, if it does not fit."""
-    state_dict = read_state_dict_safely(path)
+    """Load ``path`` into ``model``; refuse it, naming the first mismatches, if it does not fit.
+
+    The tensors read here go through open_clip's conversion of third-party formats, then into
+    ``model.load_state_dict(strict=True)``.
+    """
+    state_dict = convert_state_dict(model, read_state_dict_safely(path))
     expected = model.state_dict()
     if "logit_bias" in expected and "logit_bias" not in state_dict:
         state_dict["logit_bias"] = torch.zeros_like(expected["logit_bias"])
