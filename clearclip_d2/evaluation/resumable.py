@@ -18,132 +18,74 @@ corrected label map, is simply evaluated with its new content.
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.evaluation import SemSegEvaluator, inference_on_dataset
+from detectron2.evaluation import inference_on_dataset
 from detectron2.utils import comm
-from detectron2.utils.comm import all_gather, is_main_process, synchronize
 
-from ..modeling.class_chunks import output_labels
-from ..utils.errors import ClearCLIPError, user_message
-from .bad_inputs import SKIPPED_FILE, BadInputFilter, check_label_map, stop_message, write_skipped_list
+from ..utils.errors import ClearCLIPError
+from .bad_inputs import BadInputFilter
 from .fingerprint import evaluation_fingerprint, fingerprint_difference
-from .shards import SHARD_FOLDER, ImageResult, ShardStore, add_counts, common_folder, sparse_counts
+from .shards import SHARD_FOLDER, ImageResult, ShardStore, add_counts, common_folder
 
 logger = logging.getLogger(__name__)
 
 
-# ----------------------------------------------------------------------------- evaluator
-class ResumableSemSegEvaluator(SemSegEvaluator):
-    """Detectron2's ``SemSegEvaluator`` built from per-image results, resumable.
+# ----------------------------------------------------------------------------- distributed merge
+@dataclass
+class EvaluationState:
+    """What one process has evaluated (or, after :func:`gather_on_main_process`, all of them).
 
-    * Per image, the confusion-matrix contribution and the RLE predictions form an
-      :class:`ImageResult`; with an :class:`EvaluationPlan` (:meth:`use_plan`) each is written to
-      the plan's shard store as soon as it is computed, and the stored results of images done
-      by an earlier run are merged in :meth:`evaluate` (exact: the matrices are sums).
-    * A label map that cannot be read (``sem_seg_loading_fn`` raises :class:`ClearCLIPError`),
-      has another size than the prediction or values outside the classes is a bad input
-      (:meth:`report_bad_input`): the evaluation stops with one line, or with
-      ``skip_bad_images`` the image is left out and listed in ``skipped.txt``.
-    * A model output may carry ``sem_seg_labels`` [H, W] (the class-chunked path) instead of
-      ``sem_seg`` [K, H, W].
-    * The results gain ``"evaluation": {"images": ..., "skipped_images": ...}``;
-      ``sem_seg_predictions.json`` is in dataset order whatever the processes and resumes.
+    Attributes:
+        confusion: [K+1, K+1] int64 summed confusion matrix (see :mod:`.metrics`).
+        boundary_confusion: the same for the boundary maps, or None when boundary IoU is not computed.
+        predictions_by_file: each image's RLE prediction entries, by file name.
+        skipped: (file name, reason) of the bad images left out.
     """
 
-    def __init__(self, dataset_name: str, distributed: bool = True, output_dir: str = None, *, skip_bad_images: bool = False, **kwargs):
-        super().__init__(dataset_name, distributed=distributed, output_dir=output_dir, **kwargs)
-        self._skip_bad_images = skip_bad_images
-        self._dataset_order = {file_name: index for index, file_name in enumerate(self.input_file_to_gt_file)}
-        self._plan = None
+    confusion: np.ndarray
+    boundary_confusion: Optional[np.ndarray]
+    predictions_by_file: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
+    skipped: List[Tuple[str, str]] = field(default_factory=list)
 
-    def use_plan(self, plan) -> None:
-        """Write per-image results to ``plan.store`` and merge ``plan.done`` at the end."""
-        self._plan = plan
+    @classmethod
+    def empty(cls, num_classes: int, with_boundary: bool) -> "EvaluationState":
+        def zeros():
+            return np.zeros((num_classes + 1, num_classes + 1), dtype=np.int64)
 
-    def reset(self):
-        super().reset()
-        self._predictions_by_file = {}
-        self._skipped = []
+        return cls(zeros(), zeros() if with_boundary else None)
 
-    def process(self, inputs, outputs):
-        for input, output in zip(inputs, outputs):
-            try:
-                result = self.evaluate_image(input, output)
-            except ClearCLIPError as e:
-                self.report_bad_input(input["file_name"], user_message(e))
-                continue
-            self._add_result(result)
-            if self._plan is not None and self._plan.store is not None:
-                self._plan.store.write(result, self._num_classes, self.input_file_to_gt_file[result.file_name])
+    def add(self, result: ImageResult) -> None:
+        """Add one image's result (a stored one too: the matrices are sums)."""
+        add_counts(self.confusion, result.confusion)
+        if self.boundary_confusion is not None:
+            add_counts(self.boundary_confusion, result.boundary_confusion)
+        self.predictions_by_file[result.file_name] = result.predictions
 
-    def evaluate_image(self, input, output) -> ImageResult:
-        """One image's confusion-matrix contribution and RLE predictions; bad labels raise."""
-        pred = np.asarray(output_labels(output).to("cpu"), dtype=np.int64)
-        gt_file = self.input_file_to_gt_file[input["file_name"]]
-        gt = self.sem_seg_loading_fn(gt_file, dtype=int)
-        check_label_map(gt, pred.shape, self._num_classes, self._ignore_label, gt_file, input["file_name"])
-        gt[gt == self._ignore_label] = self._num_classes
-        side = self._num_classes + 1
-        confusion = sparse_counts(side * pred.reshape(-1) + gt.reshape(-1), side * side)
-        boundary = None
-        if self._compute_boundary_iou:
-            b_gt = self._mask_to_boundary(gt.astype(np.uint8))
-            b_pred = self._mask_to_boundary(pred.astype(np.uint8))
-            boundary = sparse_counts(side * b_pred.reshape(-1) + b_gt.reshape(-1), side * side)
-        return ImageResult(input["file_name"], confusion, boundary, self.encode_json_sem_seg(pred, input["file_name"]))
+    def merge(self, other: "EvaluationState") -> None:
+        """Add another process's state."""
+        self.confusion += other.confusion
+        if self.boundary_confusion is not None and other.boundary_confusion is not None:
+            self.boundary_confusion += other.boundary_confusion
+        self.predictions_by_file.update(other.predictions_by_file)
+        self.skipped.extend(other.skipped)
 
-    def _add_result(self, result: ImageResult) -> None:
-        add_counts(self._conf_matrix, result.confusion)
-        add_counts(self._b_conf_matrix, result.boundary_confusion)
-        self._predictions_by_file[result.file_name] = result.predictions
 
-    def report_bad_input(self, file_name: str, reason: str) -> None:
-        """A bad image or label: stop with one line, or (``skip_bad_images``) record and go on."""
-        if not self._skip_bad_images:
-            store = self._plan.store if self._plan is not None else None
-            done = store.count() if store is not None else len(self._predictions_by_file)
-            raise ClearCLIPError(
-                stop_message(reason, done, len(self._dataset_order), store.folder if store is not None else "")
-            )
-        logger.warning(f"Skipping a bad image (--skip-bad-images): {reason}")
-        self._skipped.append((file_name, reason))
-
-    def evaluate(self):
-        if self._distributed:
-            synchronize()
-            parts = all_gather((self._conf_matrix, self._b_conf_matrix, self._predictions_by_file, self._skipped))
-            if not is_main_process():
-                return None
-            self._conf_matrix = sum(part[0] for part in parts)
-            self._b_conf_matrix = sum(part[1] for part in parts)
-            self._predictions_by_file = {k: v for part in parts for k, v in part[2].items()}
-            self._skipped = [entry for part in parts for entry in part[3]]
-        for result in (self._plan.done.values() if self._plan is not None else ()):
-            self._add_result(result)
-        order = sorted(self._predictions_by_file, key=self._dataset_order.__getitem__)
-        self._predictions = [entry for file_name in order for entry in self._predictions_by_file[file_name]]
-        self._skipped.sort(key=lambda entry: self._dataset_order.get(entry[0], -1))
-        self._record_skipped()
-        results = self._evaluate_merged()
-        results["evaluation"] = {"images": len(order), "skipped_images": len(self._skipped)}
-        return results
-
-    def _record_skipped(self) -> None:
-        if self._skipped:
-            logger.warning(f"{len(self._skipped)} bad image(s) were skipped, not in the metrics, listed in {SKIPPED_FILE}")
-        if self._output_dir:
-            write_skipped_list(self._output_dir, self._skipped)
-
-    def _evaluate_merged(self):
-        """Detectron2's metrics (and files) from the merged matrices and predictions."""
-        distributed, self._distributed = self._distributed, False
-        try:
-            return super().evaluate()
-        finally:
-            self._distributed = distributed
+def gather_on_main_process(state: EvaluationState, distributed: bool) -> Optional[EvaluationState]:
+    """Every process's state summed on the main process (Detectron2's ``comm.gather``): the sum
+    there, None on the other processes. Without ``distributed``, this process's state alone.
+    Call it on all processes when ``distributed``."""
+    if not distributed or comm.get_world_size() == 1:
+        return state
+    parts = comm.gather(state, dst=0)
+    if not comm.is_main_process():
+        return None
+    merged = parts[0]
+    for part in parts[1:]:
+        merged.merge(part)
+    return merged
 
 
 # ----------------------------------------------------------------------------- planning
