@@ -18,8 +18,9 @@ from clearclip_d2.data.datasets.common import register_sem_seg_dataset
 from clearclip_d2.evaluation import ClearCLIPSemSegEvaluator
 from clearclip_d2.evaluation.metrics import mask_to_boundary
 
-CLASSES = ["c0", "c1", "c2", "only-predicted", "c4", "absent"]
-GT_CLASSES = [0, 1, 2, 4]  # class 3 is only predicted, class 5 appears nowhere
+# 20 classes: boundary cells (K+1) * pred + gt pass 255 (a uint8 count would wrap around).
+CLASSES = ["c0", "c1", "c2", "only-predicted"] + [f"c{i}" for i in range(4, 19)] + ["absent"]
+GT_CLASSES = [0, 1, 2] + list(range(4, 19))  # class 3 is only predicted, class 19 appears nowhere
 IGNORE = 255
 SIZES = [(23, 31), (40, 17), (12, 12)]
 
@@ -75,7 +76,7 @@ def plain_metrics(predictions, labels):
 
 @pytest.fixture
 def random_dataset(tmp_path):
-    """Label maps with ignored pixels and only the GT_CLASSES; predictions over 0..4."""
+    """Label maps with ignored pixels and only the GT_CLASSES; predictions over all classes but the last."""
     rng = np.random.default_rng(7)
     (tmp_path / "img").mkdir()
     (tmp_path / "lbl").mkdir()
@@ -83,10 +84,10 @@ def random_dataset(tmp_path):
     for index, (height, width) in enumerate(SIZES):
         label = rng.choice(GT_CLASSES, (height, width)).astype(np.uint8)
         label[rng.random((height, width)) < 0.15] = IGNORE
-        label[: height // 2, : width // 2] = GT_CLASSES[index % len(GT_CLASSES)]  # regions with boundaries
+        label[: height // 2, : width // 2] = GT_CLASSES[-1 - index]  # regions with boundaries
         Image.fromarray(np.zeros((height, width, 3), np.uint8)).save(tmp_path / "img" / f"{index}.jpg")
         Image.fromarray(label).save(tmp_path / "lbl" / f"{index}.png")
-        prediction = np.where(rng.random((height, width)) < 0.6, np.where(label == IGNORE, 0, label), rng.integers(0, 5, (height, width)))
+        prediction = np.where(rng.random((height, width)) < 0.6, np.where(label == IGNORE, 0, label), rng.integers(0, len(CLASSES) - 1, (height, width)))
         labels.append(label)
         predictions.append(prediction.astype(np.int64))
     name = f"metrics_test_{uuid.uuid4().hex[:8]}"

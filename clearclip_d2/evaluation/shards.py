@@ -29,7 +29,9 @@ logger = logging.getLogger(__name__)
 
 SHARD_FOLDER = "eval_shards"
 FINGERPRINT_FILE = "fingerprint.json"
-FORMAT_VERSION = 2  # 2: CLIP weights identified as in the text-embedding cache
+# 2: CLIP weights identified as in the text-embedding cache; 3: boundary counts without the uint8
+# overflow of earlier versions (their shards are not mixed with new ones: the fingerprint differs)
+FORMAT_VERSION = 3
 
 SparseCounts = Tuple[np.ndarray, np.ndarray]  # flat cell indices (unique), counts; both int64
 
