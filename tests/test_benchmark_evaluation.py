@@ -21,7 +21,7 @@ REPRODUCE = os.path.join(REPO_ROOT, "tools", "reproduce_table.py")
 
 # ---------------------------------------------------------------------------- the evaluator
 def test_mmseg_miou_counts_classes_only_predicted():
-    from clearclip_d2.evaluation.sem_seg_evaluation import mmseg_metrics
+    from clearclip_d2.evaluation.metrics import mmseg_metrics
 
     # Detectron2's layout: rows = prediction, columns = ground truth, last row/column = ignored pixels.
     conf = np.zeros((5, 5), dtype=np.int64)

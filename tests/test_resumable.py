@@ -20,15 +20,9 @@ from clearclip_d2.data import ClearCLIPDatasetMapper
 from clearclip_d2.data.datasets.common import register_sem_seg_dataset
 from clearclip_d2.evaluation import ClearCLIPSemSegEvaluator
 from clearclip_d2.evaluation.bad_inputs import check_label_map
-from clearclip_d2.evaluation.resumable import (
-    SHARD_FOLDER,
-    ShardStore,
-    evaluation_fingerprint,
-    fingerprint_difference,
-    plan_evaluation,
-    run_planned_evaluation,
-    sparse_counts,
-)
+from clearclip_d2.evaluation.fingerprint import evaluation_fingerprint, fingerprint_difference
+from clearclip_d2.evaluation.resumable import plan_evaluation, run_planned_evaluation
+from clearclip_d2.evaluation.shards import SHARD_FOLDER, ShardStore, sparse_counts
 from clearclip_d2.utils.errors import ClearCLIPError
 
 CLASSES = ["sky", "tree", "road", "car, automobile", "person"]

@@ -1,14 +1,31 @@
-"""Detectron2's ``SemSegEvaluator``, with label files checked, resumable, and outputs written atomically."""
+"""ClearCLIP's semantic-segmentation evaluator: Detectron2's ``SemSegEvaluator`` metrics and files,
+computed by the plugin from its own confusion matrices, resumable, with bad label maps named."""
 
+import json
+import logging
 import os
-import shutil
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from detectron2.utils import comm
+import pycocotools.mask as mask_util
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import DatasetEvaluator
 from PIL import Image
 
-from ..utils.errors import ClearCLIPError
-from .resumable import ResumableSemSegEvaluator
+from ..modeling.inference.class_chunks import output_labels
+from ..utils.errors import ClearCLIPError, user_message
+from ..utils.io import atomic_write
+from .bad_inputs import SKIPPED_FILE, check_label_map, stop_message, write_skipped_list
+from .metrics import boundary_iou_supported, confusion_cells, mask_to_boundary, mmseg_metrics, sem_seg_metrics
+from .resumable import EvaluationState, gather_on_main_process
+from .shards import ImageResult, sparse_counts
+
+logger = logging.getLogger(__name__)
+
+PREDICTIONS_FILE = "sem_seg_predictions.json"
+METRICS_FILE = "sem_seg_evaluation.pth"
 
 
 def load_label_map(path: str, dtype=int) -> np.ndarray:
@@ -22,62 +39,144 @@ def load_label_map(path: str, dtype=int) -> np.ndarray:
         raise ClearCLIPError(f"cannot read label map {path}: {type(e).__name__}: {e}") from e
 
 
-def mmseg_metrics(conf_matrix: np.ndarray) -> dict:
-    """mmseg's mIoU (%): the mean IoU over classes present in the ground truth OR the prediction
-    (a class only predicted counts with IoU 0); Detectron2's ``mIoU`` averages over classes
-    present in the ground truth only.
+def encode_predictions(labels: np.ndarray, file_name: str, dataset_ids: Optional[Dict[int, Any]]) -> List[Dict[str, Any]]:
+    """Detectron2's entries of ``sem_seg_predictions.json`` for one image (COCO stuff results
+    format): one RLE-encoded mask per predicted class.
 
     Args:
-        conf_matrix: [K+1, K+1] counts of Detectron2's evaluator: row = predicted class, column =
-            ground-truth class, the last row/column = ignored pixels (left out).
+        labels: [H, W] predicted classes (contiguous ids).
+        dataset_ids: contiguous id -> the dataset's category id, or None: the id itself.
     """
-    counts = conf_matrix[:-1, :-1].astype(np.float64)
-    intersection = np.diag(counts)
-    union = counts.sum(axis=0) + counts.sum(axis=1) - intersection
-    present = union > 0
-    miou = float(np.mean(intersection[present] / union[present])) if present.any() else float("nan")
-    return {"mIoU-mmseg": 100 * miou}
+    entries = []
+    for label in np.unique(labels):
+        if dataset_ids is None:
+            category_id = int(label)
+        elif int(label) in dataset_ids:
+            category_id = dataset_ids[int(label)]
+        else:
+            raise ClearCLIPError(f"predicted class {int(label)} has no stuff_dataset_id_to_contiguous_id entry in {file_name}'s dataset metadata")
+        mask = np.asfortranarray((labels == label).astype(np.uint8)[:, :, None])
+        rle = mask_util.encode(mask)[0]
+        rle["counts"] = rle["counts"].decode("utf-8")
+        entries.append({"file_name": file_name, "category_id": category_id, "segmentation": rle})
+    return entries
 
 
-class ClearCLIPSemSegEvaluator(ResumableSemSegEvaluator):
-    """``SemSegEvaluator`` (mIoU, fwIoU, mACC, pACC, per-class IoU/ACC, boundary IoU).
+class ClearCLIPSemSegEvaluator(DatasetEvaluator):
+    """The metrics of Detectron2's ``SemSegEvaluator`` (main branch: mIoU, fwIoU, mACC, pACC,
+    per-class IoU/ACC, boundary IoU; see :mod:`.metrics`) plus ``mIoU-mmseg``, and its files.
 
-    Differences: per-image results, resumable, and bad label maps (unreadable, of another size
-    than the prediction, values outside the classes) stop the evaluation naming the file or,
-    with ``skip_bad_images``, are skipped (see :class:`~.resumable.ResumableSemSegEvaluator`);
-    ``sem_seg_predictions.json``, ``sem_seg_evaluation.pth`` and ``skipped.txt`` are written to a
-    temporary folder and moved into ``output_dir`` only when complete; ``mIoU-mmseg``
-    (:func:`mmseg_metrics`, the paper's definition) is added beside Detectron2's ``mIoU``.
+    * Per image, the confusion-matrix contributions and the RLE predictions form an
+      :class:`~.shards.ImageResult`, summed into this process's :class:`~.resumable.EvaluationState`;
+      :meth:`evaluate` sums every process's state on the main process and computes the metrics
+      from the summed matrices (:func:`~.metrics.sem_seg_metrics`).
+    * With an :class:`~.resumable.EvaluationPlan` (:meth:`use_plan`) each image's result is
+      written to the plan's shard store as soon as it is computed, and the stored results of
+      images done by an earlier run are merged in :meth:`evaluate` (exact: the matrices are sums).
+    * A label map that cannot be read, has another size than the prediction or values outside
+      the classes is a bad input (:meth:`report_bad_input`): the evaluation stops with one line,
+      or with ``skip_bad_images`` the image is left out and listed in ``skipped.txt``.
+    * A model output may carry ``sem_seg_labels`` [H, W] (the class-chunked path) instead of
+      ``sem_seg`` [K, H, W].
+    * The results gain ``"evaluation": {"images": ..., "skipped_images": ...}``;
+      ``sem_seg_predictions.json`` (in dataset order whatever the processes and resumes),
+      ``skipped.txt`` and ``sem_seg_evaluation.pth`` are each written atomically to ``output_dir``.
     """
 
-    def __init__(self, dataset_name: str, distributed: bool = True, output_dir: str = None, *, skip_bad_images: bool = False):
-        super().__init__(
-            dataset_name,
-            distributed=distributed,
-            output_dir=output_dir,
-            skip_bad_images=skip_bad_images,
-            sem_seg_loading_fn=load_label_map,
-        )
+    def __init__(self, dataset_name: str, distributed: bool = True, output_dir: Optional[str] = None, *, skip_bad_images: bool = False):
+        self._dataset_name = dataset_name
+        self._distributed = distributed
+        self._output_dir = output_dir
+        self._skip_bad_images = skip_bad_images
+        self.input_file_to_gt_file = {d["file_name"]: d["sem_seg_file_name"] for d in DatasetCatalog.get(dataset_name)}
+        self._dataset_order = {file_name: index for index, file_name in enumerate(self.input_file_to_gt_file)}
+        meta = MetadataCatalog.get(dataset_name)
+        self._class_names = list(meta.stuff_classes)
+        self._num_classes = len(self._class_names)
+        self._ignore_label = meta.ignore_label
+        contiguous_ids = meta.get("stuff_dataset_id_to_contiguous_id")
+        self._dataset_ids = None if contiguous_ids is None else {v: k for k, v in contiguous_ids.items()}
+        self._compute_boundary_iou = boundary_iou_supported(self._num_classes)
+        if not self._compute_boundary_iou:
+            logger.warning(
+                f"Boundary IoU is not computed for {dataset_name}: it needs OpenCV and fewer than 255 classes "
+                f"(the dataset has {self._num_classes})"
+            )
+        self._plan = None
+        self.reset()
+
+    def use_plan(self, plan) -> None:
+        """Write per-image results to ``plan.store`` and merge ``plan.done`` at the end."""
+        self._plan = plan
+
+    def reset(self):
+        self._state = EvaluationState.empty(self._num_classes, self._compute_boundary_iou)
+
+    def process(self, inputs, outputs):
+        for input, output in zip(inputs, outputs):
+            try:
+                result = self.evaluate_image(input, output)
+            except ClearCLIPError as e:
+                self.report_bad_input(input["file_name"], user_message(e))
+                continue
+            self._state.add(result)
+            if self._plan is not None and self._plan.store is not None:
+                self._plan.store.write(result, self._num_classes, self.input_file_to_gt_file[result.file_name])
+
+    def evaluate_image(self, input, output) -> ImageResult:
+        """One image's confusion-matrix contributions and RLE predictions; bad labels raise."""
+        pred = output_labels(output).detach().to("cpu").numpy().astype(np.int64)
+        gt_file = self.input_file_to_gt_file[input["file_name"]]
+        gt = load_label_map(gt_file, dtype=np.int64)
+        check_label_map(gt, pred.shape, self._num_classes, self._ignore_label, gt_file, input["file_name"])
+        gt[gt == self._ignore_label] = self._num_classes
+        num_cells = (self._num_classes + 1) ** 2
+        confusion = sparse_counts(confusion_cells(pred, gt, self._num_classes), num_cells)
+        boundary = None
+        if self._compute_boundary_iou:
+            b_gt, b_pred = mask_to_boundary(gt.astype(np.uint8)), mask_to_boundary(pred.astype(np.uint8))
+            boundary = sparse_counts(confusion_cells(b_pred, b_gt, self._num_classes), num_cells)
+        predictions = encode_predictions(pred, input["file_name"], self._dataset_ids)
+        return ImageResult(input["file_name"], confusion, boundary, predictions)
+
+    def report_bad_input(self, file_name: str, reason: str) -> None:
+        """A bad image or label: stop with one line, or (``skip_bad_images``) record and go on."""
+        if not self._skip_bad_images:
+            store = self._plan.store if self._plan is not None else None
+            done = store.count() if store is not None else len(self._state.predictions_by_file)
+            raise ClearCLIPError(
+                stop_message(reason, done, len(self._dataset_order), store.folder if store is not None else "")
+            )
+        logger.warning(f"Skipping a bad image (--skip-bad-images): {reason}")
+        self._state.skipped.append((file_name, reason))
 
     def evaluate(self):
-        final_dir = self._output_dir
-        if not final_dir:
-            return self._evaluate_all_metrics()
-        staging = os.path.join(final_dir, f".staging-{self._dataset_name}-{os.getpid()}")
-        self._output_dir = staging
-        try:
-            results = self._evaluate_all_metrics()
-            if comm.is_main_process() and os.path.isdir(staging):
-                for name in os.listdir(staging):
-                    os.replace(os.path.join(staging, name), os.path.join(final_dir, name))
-        finally:
-            self._output_dir = final_dir
-            shutil.rmtree(staging, ignore_errors=True)
+        """The metrics of every process's images and of the plan's stored ones (main process;
+        None on the others), with the output files written."""
+        state = gather_on_main_process(self._state, self._distributed)
+        if state is None:
+            return None
+        for result in (self._plan.done.values() if self._plan is not None else ()):
+            state.add(result)
+        order = sorted(state.predictions_by_file, key=self._dataset_order.__getitem__)
+        skipped = sorted(state.skipped, key=lambda entry: self._dataset_order.get(entry[0], -1))
+        if skipped:
+            logger.warning(f"{len(skipped)} bad image(s) were skipped, not in the metrics, listed in {SKIPPED_FILE}")
+        metrics = sem_seg_metrics(state.confusion, self._class_names, state.boundary_confusion)
+        if self._output_dir:
+            predictions = [entry for file_name in order for entry in state.predictions_by_file[file_name]]
+            self._write_outputs(predictions, skipped, metrics)
+        metrics.update(mmseg_metrics(state.confusion))  # beside Detectron2's mIoU, not in its .pth
+        results = OrderedDict(sem_seg=metrics)
+        logger.info(results)
+        results["evaluation"] = {"images": len(order), "skipped_images": len(skipped)}
         return results
 
-    def _evaluate_all_metrics(self):
-        """Detectron2's metrics plus :func:`mmseg_metrics` (None on processes other than the main one)."""
-        results = super().evaluate()
-        if results is not None:  # the main process: self._conf_matrix now holds every process's counts
-            results["sem_seg"].update(mmseg_metrics(self._conf_matrix))
-        return results
+    def _write_outputs(self, predictions: List[Dict], skipped: Sequence[Tuple[str, str]], metrics: Dict[str, float]) -> None:
+        """``sem_seg_predictions.json``, ``skipped.txt`` and ``sem_seg_evaluation.pth`` (Detectron2's
+        metrics, as Python floats), each atomically."""
+        with atomic_write(os.path.join(self._output_dir, PREDICTIONS_FILE), "w") as f:
+            f.write(json.dumps(predictions))
+        write_skipped_list(self._output_dir, skipped)
+        with atomic_write(os.path.join(self._output_dir, METRICS_FILE), "wb") as f:
+            torch.save(dict(metrics), f)
