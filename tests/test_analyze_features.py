@@ -22,7 +22,7 @@ import reference_clearclip as ref
 from conftest import FEW_TEMPLATES, REPO_ROOT
 from synthetic_coco import reference_metrics, write_coco_stuff_layout
 from test_modeling_exactness import smooth_image
-from clearclip_d2.modeling.analysis import (
+from clearclip_d2.analysis.features import (
     FeatureStatistics,
     LastBlockFeatureEncoder,
     decompose_blocks,

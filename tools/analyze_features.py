@@ -49,7 +49,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from clearclip_d2.data import ClearCLIPDatasetMapper, ResizeShortLongEdge, read_image_or_fail  # noqa: E402
 from clearclip_d2.data.image_files import expand_inputs  # noqa: E402
-from clearclip_d2.modeling.analysis import FEATURE_WEIGHTS, FEATURES, FeatureStatistics, LastBlockFeatureEncoder  # noqa: E402
+from clearclip_d2.analysis.features import FEATURE_WEIGHTS, FEATURES, FeatureStatistics, LastBlockFeatureEncoder  # noqa: E402
 from clearclip_d2.modeling.decomposition import ATTENTION_VARIANTS, get_attention_variant  # noqa: E402
 from clearclip_d2.utils import ClearCLIPError, atomic_write  # noqa: E402
 from clearclip_d2.utils.cli import exit_on_user_error, load_segmentor_config  # noqa: E402
