@@ -7,7 +7,6 @@ mIoUs against the independent reference pipeline.
 """
 
 import csv
-import importlib.util
 import math
 import os
 import subprocess
@@ -22,7 +21,7 @@ import reference_clearclip as ref
 from conftest import FEW_TEMPLATES, REPO_ROOT
 from synthetic_coco import reference_metrics, write_coco_stuff_layout
 from test_modeling_exactness import smooth_image
-from clearclip_d2.modeling.analysis import (
+from clearclip_d2.analysis.features import (
     FeatureStatistics,
     LastBlockFeatureEncoder,
     decompose_blocks,
@@ -271,11 +270,12 @@ def test_tool_miou_matches_the_reference_pipeline(analysis_run, coco_root, tiny_
 
 
 # ----------------------------------------------------------------------------- errors
-def load_tool():
-    spec = importlib.util.spec_from_file_location("clearclip_analyze_features", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def run_tool(args):
+    """The real command line; (exit status, its last stderr line)."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    result = subprocess.run([sys.executable, TOOL, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    return result.returncode, lines[-1] if lines else ""
 
 
 @pytest.mark.parametrize(
@@ -288,26 +288,22 @@ def load_tool():
         (["--input", "/no/such/folder"], ["/no/such/folder", "does not exist"]),
     ],
 )
-def test_bad_arguments_give_one_line(tmp_path, capsys, tiny_model_files, args, fragments):
+def test_bad_arguments_give_one_line(tmp_path, tiny_model_files, args, fragments):
     model_json, _ = tiny_model_files
-    tool = load_tool()
-    with pytest.raises(SystemExit) as info:
-        tool.main([*args, "--output", str(tmp_path / "out"), "--opts", "MODEL.CLEARCLIP.MODEL_NAME", model_json,
-                   "MODEL.CLEARCLIP.PRETRAINED", "", "MODEL.DEVICE", "cpu"])
-    assert info.value.code == 2
-    message = capsys.readouterr().err.strip().splitlines()[-1]
+    status, message = run_tool([*args, "--output", str(tmp_path / "out"), "--opts", "MODEL.CLEARCLIP.MODEL_NAME",
+                                model_json, "MODEL.CLEARCLIP.PRETRAINED", "", "MODEL.DEVICE", "cpu"])  # fmt: skip
+    assert status == 2
     assert message.startswith("analyze_features.py: error:")
     for fragment in fragments:
         assert fragment in message
     assert not (tmp_path / "out").exists()
 
 
-def test_another_meta_architecture_gives_one_line(tmp_path, capsys, tiny_model_files):
+def test_another_meta_architecture_gives_one_line(tmp_path, tiny_model_files):
     model_json, _ = tiny_model_files
-    with pytest.raises(SystemExit) as info:
-        load_tool().main(["--input", "x.png", "--output", str(tmp_path / "out"), "--opts", "MODEL.CLEARCLIP.MODEL_NAME",
-                          model_json, "MODEL.DEVICE", "cpu", "MODEL.META_ARCHITECTURE", "SemanticSegmentor"])  # fmt: skip
-    assert info.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+    status, message = run_tool(["--input", "x.png", "--output", str(tmp_path / "out"), "--opts", "MODEL.CLEARCLIP.MODEL_NAME",
+                                model_json, "MODEL.DEVICE", "cpu", "MODEL.META_ARCHITECTURE", "SemanticSegmentor"])  # fmt: skip
+    assert status == 2
+    assert message == (
         "analyze_features.py: error: MODEL.META_ARCHITECTURE is 'SemanticSegmentor'; analyze_features.py runs ClearCLIPSegmentor"
     )

@@ -48,21 +48,21 @@ def test_the_check_finds_direct_writes():
         assert not any(pattern.search(fine) for pattern in DIRECT_WRITES), fine
 
 
-def test_default_setup_atomic_writes_the_config_and_keeps_detectron2s_cudnn_setting(tmp_path, monkeypatch):
+def test_default_setup_writes_the_config_and_keeps_detectron2s_cudnn_setting(tmp_path, monkeypatch):
     import argparse
 
     import torch
     from detectron2.config import get_cfg
 
     from clearclip_d2 import add_clearclip_config
-    from clearclip_d2.utils.cli import default_setup_atomic
+    from clearclip_d2.engine.defaults import default_setup
 
     cfg = get_cfg()
     add_clearclip_config(cfg)
     cfg.OUTPUT_DIR, cfg.CUDNN_BENCHMARK = str(tmp_path), True
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    default_setup_atomic(cfg, argparse.Namespace(eval_only=True))
+    default_setup(cfg, argparse.Namespace(eval_only=True))
     assert torch.backends.cudnn.benchmark is False  # evaluation: Detectron2 leaves it alone
     assert (tmp_path / "config.yaml").read_text() == cfg.dump()
-    default_setup_atomic(cfg, argparse.Namespace(eval_only=False))
+    default_setup(cfg, argparse.Namespace(eval_only=False))
     assert torch.backends.cudnn.benchmark is True

@@ -1,7 +1,6 @@
 """Evaluation of the benchmarks: 16-bit labels, ignore labels, bad label values, mmseg's mIoU, the
 per-dataset background threshold, image bit depths, and tools/reproduce_table.py."""
 
-import importlib.util
 import json
 import math
 import os
@@ -140,13 +139,6 @@ def test_16_bit_images_are_refused_grayscale_and_cmyk_converted(tmp_path):
 
 
 # ---------------------------------------------------------------------------- reproduce_table.py
-def load_reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce_table", REPRODUCE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def fake_results(num_classes, miou, mmseg):
     results = {"mIoU": miou, "mIoU-mmseg": mmseg, "pACC": 70.0, "fwIoU": 50.0}
     for i in range(num_classes):
@@ -159,8 +151,9 @@ def test_reproduce_table_from_metrics_files(tmp_path, capsys):
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps({"voc_2012_val_20": fake_results(20, 81.0, 79.9),
                                    "ade20k_full_sem_seg_val": fake_results(847, 9.0, 8.0)}))
-    reproduce = load_reproduce()
-    status = reproduce.main(["--from-metrics", str(metrics), "--output-dir", str(tmp_path / "out")])
+    from clearclip_d2.engine.reproduce import reproduce_table
+
+    status = reproduce_table(None, "ViT-B-16", output_dir=str(tmp_path / "out"), from_metrics=[str(metrics)])
     out = capsys.readouterr().out
     assert status == 0
     table = (tmp_path / "out" / "results.md").read_text()

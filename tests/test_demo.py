@@ -1,6 +1,6 @@
-"""tools/demo.py and ClearCLIPPredictor, with a tiny random CLIP (no weights are downloaded)."""
+"""tools/demo.py (subprocess runs), the demo's package code (clearclip_d2.engine.demo, visualizer,
+video) and ClearCLIPPredictor, with a tiny random CLIP (no weights are downloaded)."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -9,6 +9,10 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+
+from clearclip_d2.data.image_files import expand_inputs
+from clearclip_d2.engine import demo, visualizer
+from clearclip_d2.utils.cli import exit_on_user_error
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(REPO_ROOT, "tools", "demo.py")
@@ -48,13 +52,6 @@ def run_demo(args, env=None, timeout=300):
     return subprocess.run(
         [sys.executable, DEMO, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env
     )
-
-
-def load_demo_module():
-    spec = importlib.util.spec_from_file_location("clearclip_demo_tool", DEMO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_video(path, frames, fourcc="MJPG", fps=5.0):
@@ -167,24 +164,23 @@ def test_demo_writes_pngs_and_json_for_a_folder_and_a_video(tmp_path, tiny_json)
 
 
 def test_overlay_legend_lists_the_classes_present_largest_first():
-    demo = load_demo_module()
-    metadata = demo.make_metadata(["cat", "grass", "sky", "road"])
+    metadata = visualizer.make_metadata(["cat", "grass", "sky", "road"])
     labels = np.zeros((90, 120), dtype=np.int64)
     labels[:, 40:] = 2  # sky 2/3, cat 1/3, grass and road absent
     image = np.full((90, 120, 3), 128, dtype=np.uint8)
-    overlay = demo.draw_overlay(image, labels, metadata)
+    overlay = visualizer.draw_overlay(image, labels, metadata)
     assert overlay.shape[1] > 120 and overlay.shape[0] >= 90
 
     font_px = 10 * 100 / 72  # the Visualizer's smallest font at matplotlib's 100 dpi
     swatch_centre = lambda row: overlay[int(4 + row * 1.7 * font_px + font_px / 2), int(120 + 6 + font_px / 2)]  # noqa: E731
     np.testing.assert_array_equal(swatch_centre(0), metadata.stuff_colors[2])
     np.testing.assert_array_equal(swatch_centre(1), metadata.stuff_colors[0])
-    np.testing.assert_array_equal(swatch_centre(2), demo.LEGEND_BACKGROUND)
+    np.testing.assert_array_equal(swatch_centre(2), visualizer.LEGEND_BACKGROUND)
     # regions are tinted with their class colour
     sky = np.array(metadata.stuff_colors[2], dtype=float)
     assert np.abs(overlay[45, 100].astype(float) - sky).sum() < np.abs(128.0 - sky).sum()
 
-    assert demo.legend_entries(np.array([0.5, 0.0, 0.3, 0.2]), ["a", "b", "c", "d"], rows=2) == [
+    assert visualizer.legend_entries(np.array([0.5, 0.0, 0.3, 0.2]), ["a", "b", "c", "d"], rows=2) == [
         (0, "a 50.0%"),
         (None, "+2 more 50.0%"),
     ]
@@ -192,20 +188,18 @@ def test_overlay_legend_lists_the_classes_present_largest_first():
 
 def test_an_output_too_large_for_the_dense_map_still_gets_its_overlay_and_masks(tmp_path, tiny_json):
     """With MAX_DENSE_ELEMENTS 0 every image takes the class-chunked path (labels, no ``sem_seg``)."""
-    demo = load_demo_module()
     dense, chunked = tiny_predictor(tiny_json), tiny_predictor(tiny_json, "MODEL.CLEARCLIP.MAX_DENSE_ELEMENTS", 0)
     image_path = tmp_path / "photo.png"
     Image.fromarray(random_image(36, 44, seed=5)).save(image_path)
-    args = demo.get_parser().parse_args(["--input", str(image_path), "--output", str(tmp_path / "out.png"),
-                                         "--vocabulary", "cat; dog, puppy; sky", "--save-masks"])  # fmt: skip
-    assert demo.run(args, chunked) == [str(tmp_path / "out.png")]
+    written = demo.run_demo(inputs=[str(image_path)], output=str(tmp_path / "out.png"),
+                            vocabulary="cat; dog, puppy; sky", save_masks=True, predictor=chunked)  # fmt: skip
+    assert written == [str(tmp_path / "out.png")]
     dense.set_vocabulary(["cat", "dog, puppy", "sky"])
     expected = dense(random_image(36, 44, seed=5)).argmax(dim=0).numpy()
     assert np.array_equal(np.array(Image.open(tmp_path / "out_labels.png")), expected)
 
 
 def test_one_image_to_an_output_file_and_runs_that_reuse_the_predictor(tmp_path, tiny_json, monkeypatch):
-    demo = load_demo_module()
     predictor = tiny_predictor(tiny_json)
     model = predictor.model
     import clearclip_d2.modeling.meta_arch as meta_arch
@@ -213,12 +207,10 @@ def test_one_image_to_an_output_file_and_runs_that_reuse_the_predictor(tmp_path,
     monkeypatch.setattr(meta_arch, "build_clip_model_from_config", lambda *a, **k: pytest.fail("the model was rebuilt"))
     image_path = tmp_path / "photo.png"
     Image.fromarray(random_image(36, 44, seed=5)).save(image_path)
-    parse = demo.get_parser().parse_args
-
-    first = demo.run(parse(["--input", str(image_path), "--output", str(tmp_path / "one.png"), "--vocabulary", "cat; grass",
-                            "--save-masks"]), predictor)  # fmt: skip
-    second = demo.run(parse(["--input", str(image_path), "--output", str(tmp_path / "two"),
-                             "--vocabulary", "cat; dog, puppy; sky; road", "--save-masks"]), predictor)  # fmt: skip
+    first = demo.run_demo(inputs=[str(image_path)], output=str(tmp_path / "one.png"), vocabulary="cat; grass",
+                          save_masks=True, predictor=predictor)  # fmt: skip
+    second = demo.run_demo(inputs=[str(image_path)], output=str(tmp_path / "two"),
+                           vocabulary="cat; dog, puppy; sky; road", save_masks=True, predictor=predictor)  # fmt: skip
 
     assert first == [str(tmp_path / "one.png")] and second == [str(tmp_path / "two" / "photo_overlay.png")]
     assert sorted(os.listdir(tmp_path)) == ["one.png", "one_classes.json", "one_labels.png", "photo.png", "two"]
@@ -251,43 +243,40 @@ def unreadable_codec_video(tmp_path):
     ],
 )
 def test_bad_input_is_one_line_before_any_work(tmp_path, tiny_json, monkeypatch, capfd, case, fragment):
-    demo = load_demo_module()
-    import clearclip_d2.engine
-
-    monkeypatch.setattr(clearclip_d2.engine, "ClearCLIPPredictor", lambda *a, **k: pytest.fail("the model was built"))
+    monkeypatch.setattr(demo, "ClearCLIPPredictor", lambda *a, **k: pytest.fail("the model was built"))
     work = tmp_path / "work"
     work.mkdir()
     image = work / "a.png"
     Image.fromarray(random_image(20, 20, seed=0)).save(image)
-    args = ["--input", str(image), "--output", str(tmp_path / "out")]
+    run = {"inputs": [str(image)], "output": str(tmp_path / "out")}  # run_demo's arguments (the demo's flags)
     if case == "unreadable_codec":
-        args = ["--input", str(image), str(unreadable_codec_video(work)), "--output", str(tmp_path / "out")]
+        run["inputs"] = [str(image), str(unreadable_codec_video(work))]
     elif case == "damaged_video":
         (work / "damaged.mp4").write_bytes(os.urandom(2000))
-        args[1] = str(work / "damaged.mp4")
+        run["inputs"] = [str(work / "damaged.mp4")]
     elif case == "empty_vocabulary":
-        args += ["--vocabulary", " ; "]
+        run["vocabulary"] = " ; "
     elif case == "empty_vocabulary_file":
         (work / "classes.txt").write_text("\n")
-        args += ["--vocabulary-file", str(work / "classes.txt")]
+        run["vocabulary_file"] = str(work / "classes.txt")
     elif case == "duplicate_classes":
-        args += ["--vocabulary", "cat; dog, Cat"]
+        run["vocabulary"] = "cat; dog, Cat"
     elif case == "output_is_a_file":
         (tmp_path / "out").write_text("a file")
     elif case == "file_output_for_two_images":
         Image.fromarray(random_image(20, 20, seed=1)).save(work / "b.png")
-        args = ["--input", str(work), "--output", str(tmp_path / "out.png")]
+        run = {"inputs": [str(work)], "output": str(tmp_path / "out.png")}
     elif case == "file_output_for_a_video":
         write_video(work / "clip.avi", [random_image(16, 16, seed=0)] * 2)
-        args = ["--input", str(work / "clip.avi"), "--output", str(tmp_path / "out.png")]
+        run = {"inputs": [str(work / "clip.avi")], "output": str(tmp_path / "out.png")}
     options = tiny_opts(tiny_json)
     if case == "missing_mask_model_config":
         options += ["MODEL.CLEARCLIP.REFINE", "masks", "MODEL.CLEARCLIP.MASK_MODEL_CONFIG", "/nonexistent/mask_rcnn.yaml"]
 
     inputs_before = sorted(os.listdir(work))
 
-    with pytest.raises(SystemExit) as exit_info:
-        demo.main(["--config-file", CONFIG, *args, "--opts", *options])
+    with pytest.raises(SystemExit) as exit_info, exit_on_user_error("demo.py"):  # as tools/demo.py runs it
+        demo.run_demo(demo.demo_config(CONFIG, options), **run)
 
     assert exit_info.value.code == 2
     lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]  # OpenCV writes to fd 2 too
@@ -344,7 +333,6 @@ def test_default_openai_weights_offline_is_one_line_error(tmp_path):
 
 
 def test_vocabulary_and_input_parsing(tmp_path):
-    demo = load_demo_module()
     from clearclip_d2 import ClearCLIPError
 
     vocabulary = demo.parse_vocabulary_string(" cat, kitten; grass, lawn ;sky; ")
@@ -358,18 +346,17 @@ def test_vocabulary_and_input_parsing(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "a.png").write_bytes(b"x")
-    found = demo.expand_inputs([str(tmp_path), str(tmp_path / "*.png"), str(tmp_path / "sub" / "a.png")])
+    found = expand_inputs([str(tmp_path), str(tmp_path / "*.png"), str(tmp_path / "sub" / "a.png")])
     assert [os.path.relpath(p, tmp_path) for p in found] == ["a.JPG", "b.png", os.path.join("sub", "a.png")]
     assert demo.output_names(found) == ["a", "b", "a-2"]
     with pytest.raises(ClearCLIPError, match="does not exist"):
-        demo.expand_inputs([str(tmp_path / "missing.png")])
+        expand_inputs([str(tmp_path / "missing.png")])
     with pytest.raises(ClearCLIPError, match="matches no images"):
-        demo.expand_inputs([str(tmp_path / "*.gif")])
+        expand_inputs([str(tmp_path / "*.gif")])
 
 
 def test_sample_images_are_bundled_with_scikit_image(tmp_path):
     pytest.importorskip("skimage")
-    demo = load_demo_module()
     paths = demo.write_sample_images(str(tmp_path))
     assert [os.path.basename(p) for p in paths] == [f"{name}.png" for name in demo.SAMPLE_IMAGES]
     for path in paths:

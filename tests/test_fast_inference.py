@@ -1,5 +1,7 @@
-"""Fast inference: the fast path equals the reference-style path (one window at a time, the
-last block twice, open_clip's blocks); fused attention in blocks 1..L-1; PRECISION checks."""
+"""Fast inference: the fast path equals the benchmark's reference-style path (one window at a
+time, the last block twice, open_clip's blocks); fused attention in blocks 1..L-1; PRECISION checks."""
+
+from functools import partial
 
 import pytest
 import torch
@@ -7,6 +9,7 @@ from detectron2.modeling import build_model
 
 from conftest import tiny_cfg
 from clearclip_d2.config import check_clearclip_config
+from clearclip_d2.engine.benchmark import reference_style_forward
 from clearclip_d2.modeling.clip.decomposition import TokenLayout, decomposed_block_forward, is_standard_block, qk_attention
 from clearclip_d2.modeling.clip.dense_encoder import DenseCLIPEncoder
 from clearclip_d2.utils.errors import ClearCLIPError
@@ -26,11 +29,8 @@ def images_of_sizes(sizes, seed=0):
 
 
 def probabilities(model, inputs, reference_style):
-    model.reference_style = reference_style
-    try:
-        return [out["sem_seg"] for out in model(inputs)]
-    finally:
-        model.reference_style = False
+    forward = partial(reference_style_forward, model) if reference_style else model
+    return [out["sem_seg"] for out in forward(inputs)]
 
 
 # Sizes against a 96-pixel window with stride 48: several rows and columns, sides that are not

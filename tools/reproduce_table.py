@@ -19,28 +19,23 @@ Examples::
     python tools/reproduce_table.py --from-metrics output/*/metrics.json   # table from earlier runs
 
 Trailing ``KEY VALUE`` pairs go to every train_net run. Exit status: 0, 1 if an evaluation
-failed, 2 if nothing could be evaluated.
+failed, 2 if nothing could be evaluated. The code is ``clearclip_d2/engine/reproduce.py``.
 """
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import warnings
-from typing import Dict, List, Optional, Sequence
+from typing import Optional, Sequence
 
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from clearclip_d2.data.benchmarks import ARCHITECTURES, BENCHMARKS, Benchmark, get_benchmark  # noqa: E402
-from clearclip_d2.evaluation.benchmark_report import BenchmarkOutcome, write_report  # noqa: E402
+from clearclip_d2.data.benchmarks import ARCHITECTURES, BENCHMARKS  # noqa: E402
+from clearclip_d2.engine.reproduce import reproduce_table  # noqa: E402
 from clearclip_d2.utils.cli import exit_on_user_error  # noqa: E402
-from clearclip_d2.utils.errors import ClearCLIPError, user_message  # noqa: E402
 
 PROGRAM = "reproduce_table.py"
-TRAIN_NET = os.path.join(REPO_ROOT, "tools", "train_net.py")
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -58,99 +53,9 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def select_benchmarks(keys: Optional[str], architecture: str) -> List[Benchmark]:
-    """The benchmarks named in ``keys`` ("voc20,voc21"), default every one with a config for the architecture."""
-    if not keys:
-        return [b for b in BENCHMARKS if b.config_path(architecture) is not None]
-    selected = [get_benchmark(key.strip()) for key in dict.fromkeys(keys.split(",")) if key.strip()]
-    without_config = [b.key for b in selected if b.config_path(architecture) is None]
-    if without_config:
-        raise ClearCLIPError(f"no {architecture} config for {', '.join(without_config)} (the paper has no number for it)")
-    return selected
-
-
-def preparation_problem(benchmark: Benchmark) -> str:
-    """Why the benchmark cannot be evaluated now ("" if it can)."""
-    import clearclip_d2  # noqa: F401  (registers the datasets)
-    from clearclip_d2.data.datasets import check_dataset_prepared
-
-    try:
-        check_dataset_prepared(benchmark.dataset_name)
-    except ClearCLIPError as e:
-        return user_message(e)
-    return ""
-
-
-def evaluate(benchmark: Benchmark, args, output_dir: str) -> BenchmarkOutcome:
-    """Run train_net on one benchmark; its output goes to this process's stdout/stderr."""
-    problem = preparation_problem(benchmark)
-    if problem:
-        print(f"skipping {benchmark.key}: {problem}", flush=True)
-        return BenchmarkOutcome(benchmark, problem=problem)
-    run_dir = os.path.join(output_dir, benchmark.key)
-    command = [sys.executable, TRAIN_NET, "--eval-only", "--num-gpus", str(args.num_gpus),
-               "--config-file", os.path.join(REPO_ROOT, benchmark.config_path(args.arch)),
-               *args.opts, "OUTPUT_DIR", run_dir]
-    print(f"evaluating {benchmark.key}: {' '.join(command)}", flush=True)
-    status = subprocess.run(command).returncode
-    if status != 0:
-        print(f"{benchmark.key}: evaluation failed (exit status {status}), see above", flush=True)
-        return BenchmarkOutcome(benchmark, problem=f"evaluation failed (exit status {status})", failed=True)
-    metrics = read_metrics([os.path.join(run_dir, "metrics.json")])
-    return BenchmarkOutcome(benchmark, metrics=metrics[benchmark.dataset_name])
-
-
-def read_metrics(paths: Sequence[str]) -> Dict[str, Dict[str, float]]:
-    """``{dataset: sem_seg metrics}`` from train_net ``metrics.json`` files (later files win)."""
-    results = {}
-    for path in paths:
-        try:
-            with open(path, encoding="utf-8") as f:
-                content = json.load(f)
-        except FileNotFoundError as e:
-            raise ClearCLIPError(f"metrics file {path} does not exist") from e
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ClearCLIPError(f"metrics file {path} is not JSON: {e}") from e
-        for dataset, result in content.items():
-            if isinstance(result, dict) and isinstance(result.get("sem_seg"), dict):
-                results[dataset] = result["sem_seg"]
-    return results
-
-
-def outcomes_from_metrics(benchmarks: Sequence[Benchmark], paths: Sequence[str]) -> List[BenchmarkOutcome]:
-    results = read_metrics(paths)
-    outcomes = []
-    for benchmark in benchmarks:
-        if benchmark.dataset_name in results:
-            outcomes.append(BenchmarkOutcome(benchmark, metrics=results[benchmark.dataset_name]))
-        else:
-            problem = f"no results for {benchmark.dataset_name} in {', '.join(paths)}"
-            print(f"skipping {benchmark.key}: {problem}", flush=True)
-            outcomes.append(BenchmarkOutcome(benchmark, problem=problem))
-    return outcomes
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
-    if args.opts and args.opts[0] == "--":
-        args.opts = args.opts[1:]
-    if len(args.opts) % 2:
-        raise ClearCLIPError(f"config overrides come in KEY VALUE pairs, got {len(args.opts)} words: {' '.join(args.opts)}")
-    benchmarks = select_benchmarks(args.benchmarks, args.arch)
-    output_dir = args.output_dir or os.path.join("output", f"reproduce_{args.arch}")
-    if args.from_metrics:
-        outcomes = outcomes_from_metrics(benchmarks, args.from_metrics)
-    else:
-        outcomes = [evaluate(benchmark, args, output_dir) for benchmark in benchmarks]
-    if all(o.metrics is None for o in outcomes):
-        raise ClearCLIPError(
-            "none of the selected benchmarks could be evaluated (see the lines above); "
-            "datasets/README.md says how to prepare them"
-        )
-    table = write_report(outcomes, args.arch, output_dir)
-    print("\n" + table, flush=True)
-    print(f"wrote {os.path.join(output_dir, 'results.md')} and {os.path.join(output_dir, 'per_class_iou', '')}", flush=True)
-    return 1 if any(o.failed for o in outcomes) else 0
+    return reproduce_table(args.benchmarks, args.arch, args.output_dir, args.num_gpus, args.opts, args.from_metrics)
 
 
 if __name__ == "__main__":

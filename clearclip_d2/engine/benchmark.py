@@ -1,4 +1,11 @@
-"""Measurements behind ``tools/benchmark.py``: latency, peak memory, FLOPs, matmul peak.
+"""Inference speed of ClearCLIP (``tools/benchmark.py``): the fast path against the authors' way.
+
+``fast`` is the model as it runs (windows in batches of ``WINDOW_BATCH``, the last block once,
+fused attention); ``reference`` is the authors' way, built here from the model's public pieces
+(:func:`reference_style_encode`, :func:`reference_style_forward`): one window at a time, every
+block through open_clip's own ``forward``, the full last block computed and thrown away. Both
+give the same probabilities. :func:`run_benchmark` measures latency, peak memory, FLOPs and the
+machine's matmul peak per mode; :func:`format_report` prints them as a table.
 
 FLOPs are floating-point operations with a multiply-add counted as 2 (fvcore counts one
 multiply-add as one "flop"; its counts are doubled here), so they compare directly with the
@@ -6,17 +13,51 @@ multiply-add as one "flop"; its counts are doubled here), so they compare direct
 """
 
 import contextlib
+import itertools
 import resource
 import statistics
 import time
+from functools import partial
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from ..modeling.clip.decomposition import decomposed_block_forward
 from ..modeling.clip.dense_encoder import DenseCLIPEncoder
+from ..modeling.clip.precision import PRECISIONS, with_precision
 from ..modeling.inference.slide_inference import padded_size, slide_window_boxes
+from ..utils.errors import ClearCLIPError
 from ..utils.io import write_proc_control
+
+MODES = ("fast", "reference")
+PLACEHOLDER_VOCABULARY = ["background", "person", "car", "tree", "sky", "road", "building", "grass"]
+
+
+# ------------------------------------------------------------------------------ the authors' way
+def reference_style_encode(encoder: DenseCLIPEncoder, images: torch.Tensor) -> torch.Tensor:
+    """The authors' encoder pass, for speed comparisons: every block through open_clip's own
+    ``forward``, the full last block computed and thrown away, then the decomposed last block on
+    the same input. images [B, 3, H, W] -> [B, H/p * W/p, D], the same as ``encoder(images)``."""
+    x = encoder.forward_until_last_block(images, fused=False)
+    last_block = encoder.visual.transformer.resblocks[-1]
+    encoder.open_clip_block(last_block, x)  # the reference's full pass, result unused
+    layout = encoder.token_layout(*images.shape[-2:])
+    x = decomposed_block_forward(last_block, x, encoder.attention, encoder.residual, encoder.ffn, layout)
+    return encoder.project_tokens(x)
+
+
+def reference_style_forward(model, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]]:
+    """``model(batched_inputs)`` the authors' way: :func:`reference_style_encode` (at the model's
+    ``PRECISION``) on one window at a time. Same outputs as the model's own forward."""
+    encode = with_precision(partial(reference_style_encode, model.encoder), model.device, model.precision)
+    with torch.no_grad():
+        return model.inference(batched_inputs, encode=encode, window_batch=1)
+
+
+def mode_forward(model, mode: str) -> Callable[[List[Dict]], List[Dict[str, torch.Tensor]]]:
+    """The model's forward in ``mode`` (``fast`` or ``reference``)."""
+    return partial(reference_style_forward, model) if mode == "reference" else model
 
 
 # ------------------------------------------------------------------------------ timing
@@ -169,7 +210,7 @@ def encoder_flops(encoder: DenseCLIPEncoder, height: int, width: int, reference_
         flops = count_flops(_Call(encoder, encoder.forward), images)
         if reference_style:
             last_block = encoder.visual.transformer.resblocks[-1]
-            flops += count_flops(_Call(encoder, lambda x: encoder._open_clip_block(last_block, x)), tokens)
+            flops += count_flops(_Call(encoder, lambda x: encoder.open_clip_block(last_block, x)), tokens)
     return flops
 
 
@@ -225,3 +266,249 @@ def num_threads(threads: int):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------ the benchmark run
+def parse_size(text: str) -> Tuple[int, int]:
+    """``"448x640"`` -> (448, 640); anything else is a one-line error."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ClearCLIPError(f"--size {text!r} must be HEIGHTxWIDTH in pixels, e.g. 448x640") from None
+    if height <= 0 or width <= 0:
+        raise ClearCLIPError(f"--size {text!r} must be positive")
+    return height, width
+
+
+def parse_modes(text: str) -> List[str]:
+    """``"fast,reference"`` -> the modes to run, each one of :data:`MODES`."""
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    if not modes or any(m not in MODES for m in modes):
+        raise ClearCLIPError(f"--modes {text!r}: choose from fast, reference (comma-separated)")
+    return modes
+
+
+def build_inputs(cfg, args) -> List[List[Dict]]:
+    """Batches (lists of Detectron2 input dicts) to run: synthetic or from a dataset."""
+    if args.dataset:
+        from detectron2.data import DatasetCatalog
+
+        from ..data import ClearCLIPDatasetMapper
+
+        if args.dataset not in DatasetCatalog.list():
+            raise ClearCLIPError(f"--dataset {args.dataset!r} is not registered; registered: {', '.join(DatasetCatalog.list())}")
+        mapper = ClearCLIPDatasetMapper(cfg, False)
+        images = [mapper(d) for d in DatasetCatalog.get(args.dataset)[: args.num_images]]
+    else:
+        height, width = parse_size(args.size)
+        generator = torch.Generator().manual_seed(0)
+        images = [{"image": torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)}]
+    images = [{"image": d["image"], "height": d["image"].shape[-2], "width": d["image"].shape[-1]} for d in images]
+    batch = max(args.batch, 1)
+    cycled = [images[i % len(images)] for i in range(max(batch, len(images)))]
+    return [cycled[i : i + batch] for i in range(0, len(cycled) - batch + 1, batch)]
+
+
+def build_benchmark_model(cfg, args):
+    """The model in eval mode with a vocabulary: the dataset's, the config's, or a placeholder."""
+    from detectron2.modeling import build_model
+
+    from ..modeling.meta_arch import vocabulary_from_config
+
+    model = build_model(cfg).eval()
+    if args.dataset:
+        model.use_dataset_vocabulary(args.dataset)
+    elif vocabulary_from_config(cfg) is None:
+        model.set_vocabulary(PLACEHOLDER_VOCABULARY)
+    return model
+
+
+def measure_mode(model, batches, args, mode: str, flops_per_image: float, peak_flops: float) -> dict:
+    """Timing, memory and FLOP figures of one mode (fast or reference)."""
+    device = model.device
+    forward = mode_forward(model, mode)
+    next_batch = itertools.cycle(batches).__next__
+
+    def run():
+        return forward(next_batch())
+
+    with torch.no_grad():
+        run()  # first call: allocations, caches
+        rss_before = current_rss_mib()
+        exact_peak = reset_peak_memory(device)
+        seconds = time_runs(run, args.runs, args.warmup, device)
+        memory = peak_memory_mib(device)
+    result = latency_summary(seconds, len(batches[0]))
+    result.update(memory)
+    result["rss_before_runs_mib"] = rss_before
+    result["peak_rss_is_lifetime"] = not exact_peak
+    if flops_per_image:
+        result["encoder_gflops_per_image"] = flops_per_image / 1e9
+        result["achieved_gflops_per_s"] = flops_per_image * result["images_per_s"] / 1e9
+        result["fraction_of_matmul_peak"] = flops_per_image * result["images_per_s"] / peak_flops
+    return result
+
+
+def measure_encoder_alone(model, mode: str, args, peak_flops: float, window_flops: float) -> dict:
+    """The image encoder on one batch of full windows (WINDOW_BATCH; 1 window for the reference);
+    ``window_flops``: FLOPs of one window."""
+    encoder, device = model.encoder, model.device
+    crop = model.slide_crop or 448
+    reference = mode == "reference"
+    windows = 1 if reference else model.window_batch
+    images = torch.randn(windows, 3, crop, crop, device=device)
+    forward = partial(reference_style_encode, encoder) if reference else encoder
+    encode = with_precision(forward, device, model.precision)
+    with torch.no_grad():
+        seconds = time_runs(lambda: encode(images), max(args.runs // 2, 2), 1, device)
+    result = {"windows_per_batch": windows, "window_size": crop}
+    result["windows_per_s"] = windows * len(seconds) / sum(seconds)
+    if window_flops:
+        result["achieved_gflops_per_s"] = window_flops * result["windows_per_s"] / 1e9
+        result["fraction_of_matmul_peak"] = window_flops * result["windows_per_s"] / peak_flops
+    return result
+
+
+def max_probability_difference(model, batch) -> float:
+    """Largest difference between the fast and the reference-style outputs on one batch."""
+    with torch.no_grad():
+        fast, reference = (mode_forward(model, mode)(batch) for mode in MODES)
+    difference = 0.0
+    for ours, theirs in zip(fast, reference):
+        for key in ours:
+            difference = max(difference, float((ours[key].float() - theirs[key].float()).abs().max()))
+    return difference
+
+
+def check_benchmark_args(args) -> List[str]:
+    """Refuse bad numbers before any work; returns the modes to run."""
+    modes = parse_modes(args.modes)
+    if args.runs < 1 or args.warmup < 0 or args.batch < 1 or args.num_images < 1:
+        raise ClearCLIPError("--runs, --batch and --num-images must be >= 1 and --warmup >= 0")
+    if not args.dataset:
+        parse_size(args.size)
+    return modes
+
+
+def run_benchmark(args, program: str = "benchmark.py") -> dict:
+    """The benchmark of ``tools/benchmark.py``'s arguments; returns the report (see
+    :func:`format_report`)."""
+    from ..utils.cli import load_segmentor_config
+
+    modes = check_benchmark_args(args)
+    cfg = load_segmentor_config(args.config_file, args.opts, program)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    cc = cfg.MODEL.CLEARCLIP
+    device = torch.device(cfg.MODEL.DEVICE)
+    batches = build_inputs(cfg, args)
+    model = build_benchmark_model(cfg, args)
+
+    start = time.perf_counter()
+    model.text_embeddings()
+    text_seconds = time.perf_counter() - start
+
+    compute_dtype = PRECISIONS[cc.PRECISION] or torch.float32
+    peak = matmul_peak_flops(device, compute_dtype, seconds=2.0)
+    first = batches[0][0]["image"]
+    height, width = int(first.shape[-2]), int(first.shape[-1])
+    windows = len(slide_window_boxes(height, width, cc.SLIDE_CROP, cc.SLIDE_STRIDE)) if cc.SLIDE_CROP > 0 else 1
+    report = {
+        "config_file": args.config_file,
+        "opts": list(args.opts),
+        "model": cc.MODEL_NAME,
+        "device": str(device),
+        "precision": cc.PRECISION,
+        "threads": torch.get_num_threads(),
+        "input": args.dataset or f"synthetic {height}x{width}",
+        "image_size": [height, width],
+        "batch": len(batches[0]),
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "crop": cc.SLIDE_CROP,
+        "stride": cc.SLIDE_STRIDE,
+        "windows_per_image": windows,
+        "window_batch": cc.WINDOW_BATCH,
+        "num_queries": len(model.vocabulary.queries),
+        "text_embedding_s": text_seconds,
+        "text_cache_dir": cc.CACHE_DIR,
+        "matmul_peak_gflops_per_s": peak / 1e9,
+        "modes": {},
+    }
+    crop = cc.SLIDE_CROP
+    for mode in modes:
+        reference = mode == "reference"
+        flops = 0.0 if args.no_flops else float(image_encoder_flops(model.encoder, height, width, crop, cc.SLIDE_STRIDE, reference))
+        window_flops = 0.0 if args.no_flops else float(encoder_flops(model.encoder, crop or 448, crop or 448, reference))
+        result = measure_mode(model, batches, args, mode, flops, peak)
+        result["encoder_alone"] = measure_encoder_alone(model, mode, args, peak, window_flops)
+        report["modes"][mode] = result
+    # Measured again at the end, the higher figure kept: another process on the machine during
+    # one measurement would otherwise make the peak look low (and fractions above 100%).
+    peak_again = matmul_peak_flops(device, compute_dtype)
+    if peak_again > peak:
+        scale = peak / peak_again
+        report["matmul_peak_gflops_per_s"] = peak_again / 1e9
+        for result in report["modes"].values():
+            for part in (result, result["encoder_alone"]):
+                if "fraction_of_matmul_peak" in part:
+                    part["fraction_of_matmul_peak"] *= scale
+    if len(modes) == 2:
+        report["speedup"] = report["modes"]["fast"]["images_per_s"] / report["modes"]["reference"]["images_per_s"]
+        report["max_probability_difference"] = max_probability_difference(model, batches[0])
+    return report
+
+
+# ------------------------------------------------------------------------------ the report
+ROWS = [
+    ("images/s", "images_per_s", "{:.3f}"),
+    ("latency median (ms)", "latency_median_ms", "{:.1f}"),
+    ("latency p90 (ms)", "latency_p90_ms", "{:.1f}"),
+    ("peak RSS (MiB)", "peak_rss_mib", "{:.0f}"),
+    ("RSS before runs (MiB)", "rss_before_runs_mib", "{:.0f}"),
+    ("CUDA max allocated (MiB)", "cuda_max_allocated_mib", "{:.0f}"),
+    ("encoder GFLOPs / image", "encoder_gflops_per_image", "{:.1f}"),
+    ("achieved GFLOP/s (end to end)", "achieved_gflops_per_s", "{:.1f}"),
+    ("fraction of matmul peak", "fraction_of_matmul_peak", "{:.1%}"),
+]
+
+
+ENCODER_ROWS = [
+    ("encoder alone: windows per batch", "windows_per_batch", "{}"),
+    ("encoder alone: windows/s", "windows_per_s", "{:.3f}"),
+    ("encoder alone: GFLOP/s", "achieved_gflops_per_s", "{:.1f}"),
+    ("encoder alone: fraction of matmul peak", "fraction_of_matmul_peak", "{:.1%}"),
+]
+
+
+def table_rows(specs, columns: List[dict]) -> List[List[str]]:
+    """One row per ``(label, key, format)`` of ``specs`` that some column has ("-" where missing)."""
+    rows = []
+    for label, key, fmt in specs:
+        values = [column.get(key) for column in columns]
+        if any(v is not None for v in values):
+            rows.append([label] + [fmt.format(v) if v is not None else "-" for v in values])
+    return rows
+
+
+def format_report(report: dict) -> str:
+    """The report of :func:`run_benchmark` as a header, a table (a column per mode) and the speed-up."""
+    from tabulate import tabulate
+
+    modes = list(report["modes"])
+    results = [report["modes"][m] for m in modes]
+    rows = table_rows(ROWS, results) + table_rows(ENCODER_ROWS, [r["encoder_alone"] for r in results])
+    header = (
+        f"{report['model']} on {report['device']} ({report['precision']}, {report['threads']} threads), "
+        f"{report['input']}, batch {report['batch']}, {report['windows_per_image']} windows/image "
+        f"(crop {report['crop']}, stride {report['stride']}), window batch {report['window_batch']}, "
+        f"{report['num_queries']} queries\n"
+        f"matmul peak {report['matmul_peak_gflops_per_s']:.1f} GFLOP/s; text embeddings {report['text_embedding_s']:.2f} s"
+    )
+    lines = [header, tabulate(rows, headers=["", *modes], tablefmt="github")]
+    if "speedup" in report:
+        lines.append(
+            f"speed-up fast / reference: {report['speedup']:.2f}x; "
+            f"largest probability difference: {report['max_probability_difference']:.2e}"
+        )
+    return "\n".join(lines)

@@ -159,8 +159,6 @@ class ClearCLIPSegmentor(nn.Module):
         check_precision(precision)
         self.text_cache = text_cache
         self.precision = precision
-        # True: the authors' way (one window at a time, last block twice), for benchmarks only.
-        self.reference_style = False
         self.refiner = refiner
         rgb = (lambda v: list(v)[::-1]) if input_format == "BGR" else list
         self.register_buffer("pixel_mean", torch.tensor(rgb(pixel_mean), dtype=torch.float32).view(3, 1, 1), False)
@@ -261,24 +259,39 @@ class ClearCLIPSegmentor(nn.Module):
         with torch.no_grad():
             return self.inference(batched_inputs)
 
-    def inference(self, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]]:
+    def inference(
+        self,
+        batched_inputs: List[Dict],
+        encode: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        window_batch: Optional[int] = None,
+    ) -> List[Dict[str, torch.Tensor]]:
+        """Predictions for a batch; ``encode`` and ``window_batch`` as in :meth:`encode_images`."""
         text = self.text_embeddings()
         images = [self.preprocess_image(x["image"]) for x in batched_inputs]
         out_sizes = [(int(x.get("height", img.shape[-2])), int(x.get("width", img.shape[-1]))) for x, img in zip(batched_inputs, images)]
         query_to_class = torch.as_tensor(self.vocabulary.query_to_class, device=self.device)
         return [
             self.predict_image(chunk_logits, text, size, query_to_class, x["image"])
-            for chunk_logits, size, x in zip(self.encode_images(images), out_sizes, batched_inputs)
+            for chunk_logits, size, x in zip(self.encode_images(images, encode, window_batch), out_sizes, batched_inputs)
         ]
 
-    def encode_images(self, images: List[torch.Tensor]) -> List[Callable[[torch.Tensor], torch.Tensor]]:
+    def encode_images(
+        self,
+        images: List[torch.Tensor],
+        encode: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        window_batch: Optional[int] = None,
+    ) -> List[Callable[[torch.Tensor], torch.Tensor]]:
         """Run the image encoder once; per image, a function from [C, D] text embeddings to the
         image's [C, h, w] averaged cosine similarities (resized image, or patch grid when
-        ``slide_crop`` is 0), so the vocabulary can be compared in chunks."""
+        ``slide_crop`` is 0), so the vocabulary can be compared in chunks.
+
+        ``encode``: images [B, 3, h, w] -> patch features [B, N, D], by default ``self.encoder``
+        at ``PRECISION``; ``window_batch``: windows per ``encode`` call, by default
+        ``WINDOW_BATCH``. Other values serve comparisons (``engine/benchmark.py``).
+        """
         patch = self.encoder.patch_size
-        forward = self.encoder.reference_style_forward if self.reference_style else self.encoder
-        encode = with_precision(forward, self.device, self.precision)
-        window_batch = 1 if self.reference_style else self.window_batch
+        encode = encode or with_precision(self.encoder, self.device, self.precision)
+        window_batch = window_batch or self.window_batch
         if self.slide_crop > 0:
             windows = encode_windows(images, encode, patch, self.slide_crop, self.slide_stride, window_batch)
             return [

@@ -2,8 +2,8 @@
 
 The first L-1 blocks compute exactly open_clip's blocks; the last block runs through
 :func:`decomposed_block_forward`, once (the authors' code runs the full last block and then
-the decomposed one: :meth:`DenseCLIPEncoder.reference_style_forward` keeps that for
-comparisons); then ``ln_post`` and the visual projection are applied to every patch token
+the decomposed one: ``clearclip_d2.engine.benchmark.reference_style_encode`` does that for
+speed comparisons); then ``ln_post`` and the visual projection are applied to every patch token
 and the class token is dropped.
 
 Fused attention: open_clip's blocks call ``nn.MultiheadAttention(need_weights=False)``. In
@@ -142,25 +142,14 @@ class DenseCLIPEncoder(nn.Module):
             if fused and fusable:
                 x = decomposed_block_forward(block, x, qk_attention, residual=True, ffn=True, layout=layout)
             else:
-                x = self._open_clip_block(block, x)
+                x = self.open_clip_block(block, x)
         return x
 
-    def _open_clip_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def open_clip_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """``block.forward`` on batch-first tokens, whatever layout the block takes."""
         if takes_batch_first(getattr(block, "attn", None)):
             return block(x)
         return block(x.transpose(0, 1)).transpose(0, 1)
-
-    def reference_style_forward(self, images: torch.Tensor) -> torch.Tensor:
-        """The authors' way, for speed comparisons (:mod:`tools/benchmark.py`): every block
-        through open_clip's own ``forward``, the full last block computed and thrown away, then
-        the decomposed last block on the same input. Same output as :meth:`forward`."""
-        x = self.forward_until_last_block(images, fused=False)
-        last_block = self.visual.transformer.resblocks[-1]
-        self._open_clip_block(last_block, x)  # the reference's full pass, result unused
-        layout = self.token_layout(*images.shape[-2:])
-        x = decomposed_block_forward(last_block, x, self.attention, self.residual, self.ffn, layout)
-        return self.project_tokens(x)
 
     def project_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """``ln_post`` and the visual projection on every patch token; drops the class token."""

@@ -20,14 +20,14 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .clip.decomposition import (
+from ..modeling.clip.decomposition import (
     AttentionFn,
     attention_branch,
     check_decomposable_block,
     feed_forward_branch,
     qk_attention,
 )
-from .clip.dense_encoder import DenseCLIPEncoder
+from ..modeling.clip.dense_encoder import DenseCLIPEncoder
 
 # (res_weight, attn_weight) of each of the paper's features of a block (see LastBlockFeatureEncoder).
 FEATURE_WEIGHTS = {"x_res": (1.0, 0.0), "x_attn": (0.0, 1.0), "x_sum": (1.0, 1.0)}

@@ -1,0 +1,1 @@
+"""The ClearCLIP paper's analysis of CLIP's features (``tools/analyze_features.py``)."""

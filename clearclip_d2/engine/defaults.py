@@ -1,0 +1,61 @@
+"""Run set-up for ``tools/train_net.py``: Detectron2's ``default_setup`` and ``launch``.
+
+Detectron2's ``default_setup`` sets up its loggers, logs the environment, the arguments, the
+config file and the full config, saves ``OUTPUT_DIR/config.yaml`` (its own backup copy,
+written by Detectron2 and read by nothing in this project), seeds the RNGs and sets
+``CUDNN_BENCHMARK`` when training. The only addition is the ``clearclip_d2`` logger, in the same
+output folder and with the same rank filter. :func:`launch_reporting_user_errors` is
+Detectron2's ``launch`` where a worker's :class:`ClearCLIPError` ends the run with one line.
+"""
+
+import sys
+from functools import partial
+
+from detectron2.engine import default_setup as detectron2_default_setup
+from detectron2.engine import launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..utils.cli import EXIT_USER_ERROR
+from ..utils.errors import is_user_error, user_message
+
+
+def default_setup(cfg, args) -> None:
+    """Detectron2's ``default_setup(cfg, args)``, then the ``clearclip_d2`` logger (shown as
+    ``clearclip``) writing to ``cfg.OUTPUT_DIR`` like Detectron2's."""
+    detectron2_default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="clearclip_d2", abbrev_name="clearclip")
+
+
+def report_user_errors(main, program: str, args):
+    """``main(args)`` in a process started by ``launch``: user errors become one line (with the
+    rank) and exit status 2."""
+    try:
+        return main(args)
+    except Exception as exc:
+        if not is_user_error(exc):
+            raise
+        print(f"{program}: error (rank {comm.get_rank()}): {user_message(exc)}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def launch_reporting_user_errors(main, args, program: str) -> None:
+    """Detectron2's ``launch(main, args.num_gpus, ...)`` with the machine flags of
+    ``default_argument_parser``. With several processes, a worker's user error is printed by the
+    worker (:func:`report_user_errors`) and the run exits with status 2; with one, it reaches the
+    caller as the exception."""
+    world_size = args.num_gpus * args.num_machines
+    try:
+        launch(
+            partial(report_user_errors, main, program) if world_size > 1 else main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except Exception as exc:  # a worker failed: its own message was printed already
+        if type(exc).__name__ in ("ProcessExitedException", "ProcessRaisedException") and not is_user_error(exc):
+            if getattr(exc, "exit_code", None) == EXIT_USER_ERROR:
+                sys.exit(EXIT_USER_ERROR)
+        raise

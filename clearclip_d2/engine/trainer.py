@@ -1,0 +1,129 @@
+"""``Trainer``: Detectron2's ``DefaultTrainer`` with ClearCLIP's evaluation (``tools/train_net.py``).
+
+Evaluation: every dataset of ``DATASETS.TEST`` with its own vocabulary, resumable per image
+(``evaluation/resumable.py``), bad files stopped or skipped; results printed as tables and
+written to ``OUTPUT_DIR/metrics.json``. Training: the sem-seg train loader for Detectron2 heads
+on the frozen ClearCLIP backbone. :func:`check_run_config` refuses a run that cannot work before
+any process starts.
+"""
+
+import logging
+import os
+from collections import OrderedDict
+
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer
+from detectron2.evaluation import print_csv_format
+from detectron2.utils import comm
+from tabulate import tabulate
+
+from ..config import check_clearclip_config
+from ..data import ClearCLIPDatasetMapper
+from ..data.datasets import check_dataset_prepared
+from ..data.sem_seg_train import build_sem_seg_train_mapper
+from ..evaluation import ClearCLIPSemSegEvaluator
+from ..evaluation.resumable import plan_evaluation, run_planned_evaluation
+from ..modeling.backbone import check_clearclip_backbone_config
+from ..utils.errors import ClearCLIPError
+from ..utils.io import atomic_write_json
+
+logger = logging.getLogger("clearclip_d2")
+SUMMARY_METRICS = ("mIoU", "mIoU-mmseg", "fwIoU", "mACC", "pACC")
+
+
+class Trainer(DefaultTrainer):
+    """Detectron2's trainer with ClearCLIP's test-time data path and evaluator (resumable, bad
+    files stopped or skipped), and the sem-seg train loader for heads on the ClearCLIP backbone."""
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None, skip_bad_images=False):
+        if output_folder is None:
+            output_folder = evaluation_output_dir(cfg, dataset_name)
+        return ClearCLIPSemSegEvaluator(
+            dataset_name, distributed=True, output_dir=output_folder, skip_bad_images=skip_bad_images
+        )
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """A head on the ClearCLIP backbone: images with their label maps, resized, cropped, flipped."""
+        if cfg.MODEL.META_ARCHITECTURE == "SemanticSegmentor":
+            return build_detection_train_loader(cfg, mapper=build_sem_seg_train_mapper(cfg))
+        return super().build_train_loader(cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name, dataset_dicts=None):
+        """The test loader of a dataset (Detectron2's signature, for hooks and user code), or of
+        ``dataset_dicts`` (the images still to evaluate, as :meth:`test` uses it), whose
+        unreadable images come out as markers for the evaluator."""
+        if dataset_dicts is None:
+            return build_detection_test_loader(cfg, dataset_name, mapper=ClearCLIPDatasetMapper(cfg, False))
+        mapper = ClearCLIPDatasetMapper(cfg, False, mark_bad_images=True)
+        return build_detection_test_loader(dataset_dicts, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None, resume_eval=False, skip_bad_images=False):
+        """Evaluate every dataset of ``DATASETS.TEST``, each with its own vocabulary, keeping
+        per-image results in the output folder (``resume_eval``: skip the images done there)."""
+        results = OrderedDict()
+        for index, dataset_name in enumerate(cfg.DATASETS.TEST):
+            if hasattr(model, "use_dataset"):  # its classes and background threshold
+                model.use_dataset(dataset_name)
+            evaluator = evaluators[index] if evaluators else cls.build_evaluator(cfg, dataset_name, skip_bad_images=skip_bad_images)
+            plan = plan_evaluation(cfg, dataset_name, evaluation_output_dir(cfg, dataset_name), resume_eval)
+            results[dataset_name] = run_planned_evaluation(
+                model, plan, evaluator, lambda dicts: cls.build_test_loader(cfg, dataset_name, dicts)
+            )
+            if comm.is_main_process():
+                logger.info(f"Evaluation results for {dataset_name}:")
+                print_csv_format(results[dataset_name])
+                print_results_table(dataset_name, results[dataset_name])
+        return results
+
+
+def evaluation_output_dir(cfg, dataset_name):
+    """``OUTPUT_DIR`` for one test dataset, ``OUTPUT_DIR/<dataset>`` when there are several."""
+    if len(cfg.DATASETS.TEST) > 1:
+        return os.path.join(cfg.OUTPUT_DIR, dataset_name)
+    return cfg.OUTPUT_DIR
+
+
+def print_results_table(dataset_name, results):
+    metrics = results.get("sem_seg", {})
+    summary = [[name, f"{metrics[name]:.2f}"] for name in SUMMARY_METRICS if name in metrics]
+    per_class = [
+        [key[len("IoU-"):], f"{value:.2f}", f"{metrics.get('ACC-' + key[len('IoU-'):], float('nan')):.2f}"]
+        for key, value in metrics.items()
+        if key.startswith("IoU-")
+    ]
+    print(f"\n{dataset_name}\n" + tabulate(summary, headers=["metric", "value"], tablefmt="pipe"), flush=True)
+    print(tabulate(per_class, headers=["class", "IoU", "ACC"], tablefmt="pipe") + "\n", flush=True)
+    counts = results.get("evaluation", {})
+    if counts.get("skipped_images"):
+        print(f"{counts['images']} images evaluated, {counts['skipped_images']} bad images skipped (skipped.txt)\n", flush=True)
+
+
+def check_run_config(cfg, eval_only: bool) -> None:
+    """Refuse, in one line, a run that cannot work: training ClearCLIP, no datasets, a dataset
+    not prepared, a bad ``MODEL.CLEARCLIP`` value or ClearCLIP backbone."""
+    if cfg.MODEL.META_ARCHITECTURE == "ClearCLIPSegmentor":
+        check_clearclip_config(cfg)
+        if not eval_only:
+            raise ClearCLIPError(
+                "ClearCLIP is training-free: there is nothing to train; run with --eval-only to evaluate"
+            )
+    if cfg.MODEL.BACKBONE.NAME == "build_clearclip_backbone":
+        check_clearclip_backbone_config(cfg)
+    if eval_only and not cfg.DATASETS.TEST:
+        raise ClearCLIPError("DATASETS.TEST is empty: name the datasets to evaluate")
+    if not eval_only and not cfg.DATASETS.TRAIN:
+        raise ClearCLIPError("DATASETS.TRAIN is empty: name the datasets to train on")
+    for dataset_name in cfg.DATASETS.TEST if eval_only else [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]:
+        check_dataset_prepared(dataset_name)
+
+
+def write_metrics(cfg, results):
+    """``OUTPUT_DIR/metrics.json`` (``{dataset_name: results}``), by the main process."""
+    if comm.is_main_process():
+        path = os.path.join(cfg.OUTPUT_DIR, "metrics.json")
+        atomic_write_json(path, results)
+        logger.info(f"Wrote {path}")
