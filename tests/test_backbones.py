@@ -35,13 +35,35 @@ def load_config(relative_path):
 
 
 def test_the_expected_configs_are_shipped():
+    """ClearCLIP itself (q-q, no residual, no FFN, ViT-B/16 and ViT-L/14 OpenAI) is
+    configs/clearclip_coco.yaml and configs/vit_l14/clearclip_coco.yaml: no method, ablation or
+    backbone preset repeats it."""
     expected = {
-        *(f"configs/methods/{m}_coco.yaml" for m in ("clearclip", "clip", "maskclip", "sclip", "naclip")),
-        *(f"configs/ablation/{a}_coco.yaml" for a in ("qq_res_ffn", "qq_res", "qq_ffn", "qq")),
-        *(f"configs/backbones/vit_{m}_{w}.yaml" for m in ("b16", "l14") for w in ("openai", "laion2b", "metaclip", "dfn")),
+        "configs/clearclip_coco.yaml",
+        "configs/vit_l14/clearclip_coco.yaml",
+        *(f"configs/methods/{m}_coco.yaml" for m in ("clip", "maskclip", "sclip", "naclip")),
+        *(f"configs/ablation/{a}_coco.yaml" for a in ("qq_res_ffn", "qq_res", "qq_ffn")),
+        *(f"configs/backbones/vit_{m}_{w}.yaml" for m in ("b16", "l14") for w in ("laion2b", "metaclip", "dfn")),
         "configs/backbones/vit_h14_laion2b.yaml",
     }
     assert expected <= set(CONFIGS)
+
+
+def test_no_two_configs_are_the_same_run():
+    """A preset that equals another one (all keys but OUTPUT_DIR) is a duplicate to remove."""
+    runs = {}
+    for config in CONFIGS:
+        cfg = load_config(config)
+        cfg.OUTPUT_DIR = ""
+        runs.setdefault(cfg.dump(), []).append(config)
+    assert [configs for configs in runs.values() if len(configs) > 1] == []
+
+
+def test_every_config_writes_to_output_slash_its_path_under_configs():
+    """One output-folder scheme: configs/<group>/<stem>.yaml -> OUTPUT_DIR output/<group>/<stem>."""
+    for config in CONFIGS:
+        expected = "output/" + os.path.splitext(os.path.relpath(config, "configs"))[0].replace(os.sep, "/")
+        assert load_config(config).OUTPUT_DIR == expected, config
 
 
 @pytest.mark.parametrize("config", CONFIGS)
