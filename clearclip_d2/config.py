@@ -29,6 +29,10 @@ def add_clearclip_config(cfg: CN) -> None:
     cfg.MODEL.CLEARCLIP.ATTENTION = "qq"
     cfg.MODEL.CLEARCLIP.RESIDUAL = False
     cfg.MODEL.CLEARCLIP.FFN = False
+    # Image encoder, a name of modeling/methods' ENCODER_REGISTRY: "decomposed" = CLIP's ViT with
+    # the last block changed by the three switches above (ClearCLIP, CLIP, MaskCLIP, SCLIP, NACLIP);
+    # other methods register their own encoder (see modeling/methods/__init__.py).
+    cfg.MODEL.CLEARCLIP.ENCODER = "decomposed"
     # Standard deviation (in patches) of NACLIP's Gaussian neighbourhood prior (ATTENTION "naclip" only).
     cfg.MODEL.CLEARCLIP.NACLIP_GAUSSIAN_STD = constants.NACLIP_GAUSSIAN_STD
     # Cosine similarities are multiplied by this before the softmax over queries.
@@ -39,6 +43,9 @@ def add_clearclip_config(cfg: CN) -> None:
     # Sliding window size and step in pixels of the resized image; SLIDE_CROP 0 = whole image at once.
     cfg.MODEL.CLEARCLIP.SLIDE_CROP = constants.SLIDE_CROP
     cfg.MODEL.CLEARCLIP.SLIDE_STRIDE = constants.SLIDE_STRIDE
+    # "centred": zero-pad each window to a multiple of the patch size (ClearCLIP); "none": encode it
+    # unpadded, the patch embedding truncating it (SCLIP, NACLIP). See modeling/slide_inference.py.
+    cfg.MODEL.CLEARCLIP.WINDOW_PADDING = "centred"
     # Windows per image-encoder batch (bounds memory; results do not depend on it).
     cfg.MODEL.CLEARCLIP.WINDOW_BATCH = 8
     # Largest queries x output height x output width for which the model returns the full
@@ -129,11 +136,15 @@ def check_clearclip_config(cfg: CN) -> None:
     from .data.vocabulary import load_vocabulary_file
     from .modeling.clip_loading import check_pretrained, resolve_architecture
     from .modeling.decomposition import get_attention_variant
+    from .modeling.meta_arch import check_window_padding
+    from .modeling.methods import check_encoder_name
     from .modeling.precision import check_precision
     from .modeling.text_classifier import check_templates
     from .utils.errors import ClearCLIPError
 
     cc = cfg.MODEL.CLEARCLIP
+    check_encoder_name(cc.ENCODER)
+    check_window_padding(cc.WINDOW_PADDING)
     get_attention_variant(cc.ATTENTION, cc.NACLIP_GAUSSIAN_STD)
     check_pretrained(resolve_architecture(cc.MODEL_NAME), cc.PRETRAINED)
     check_templates(cc.PROMPT_TEMPLATES)

@@ -10,12 +10,13 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
-from ..constants import PROB_THRESHOLD_FROM_DATASET
+from ..constants import PROB_THRESHOLD_FROM_DATASET, WINDOW_PADDINGS
 from ..data.vocabulary import Vocabulary, load_vocabulary_file, vocabulary_from_names
 from ..utils.errors import ClearCLIPError
 from .clip_loading import build_clip_model_from_config
 from .precision import check_precision, with_precision
 from .dense_encoder import DenseCLIPEncoder
+from .methods import build_dense_encoder
 from .class_chunks import CONFIDENCE_KEY, LABELS_KEY, chunked_labels, use_class_chunks
 from .refinement import build_refiner
 from .slide_inference import (
@@ -65,6 +66,14 @@ def vocabulary_from_config(cfg) -> Optional[Vocabulary]:
     return None
 
 
+def check_window_padding(window_padding: str) -> None:
+    """Refuse an unknown ``MODEL.CLEARCLIP.WINDOW_PADDING`` in one line."""
+    if window_padding not in WINDOW_PADDINGS:
+        raise ClearCLIPError(
+            f"unknown MODEL.CLEARCLIP.WINDOW_PADDING {window_padding!r}; valid values: {', '.join(WINDOW_PADDINGS)}"
+        )
+
+
 @META_ARCH_REGISTRY.register()
 class ClearCLIPSegmentor(nn.Module):
     """ClearCLIP (ECCV 2024) as a Detectron2 meta-architecture.
@@ -104,6 +113,7 @@ class ClearCLIPSegmentor(nn.Module):
         precision: str = "fp32",
         dataset_name: Optional[str] = None,
         refiner: Optional[nn.Module] = None,
+        window_padding: str = "centred",
     ):
         """
         Args:
@@ -126,6 +136,8 @@ class ClearCLIPSegmentor(nn.Module):
             dataset_name: the dataset evaluated first, whose threshold applies if ``prob_threshold`` is None.
             refiner: ``refiner(probs [K, H, W], image) -> [K, H, W]`` applied before the
                 background threshold (``MODEL.CLEARCLIP.REFINE``, see :mod:`.refinement`).
+            window_padding: "centred" (pad windows to the encoder's ``window_multiple``) or
+                "none" (encode them unpadded), see :mod:`.slide_inference`.
         """
         super().__init__()
         check_templates(prompt_templates)
@@ -161,6 +173,8 @@ class ClearCLIPSegmentor(nn.Module):
         # True: the authors' way (one window at a time, last block twice), for benchmarks only.
         self.reference_style = False
         self.refiner = refiner
+        check_window_padding(window_padding)
+        self.window_padding = window_padding
         rgb = (lambda v: list(v)[::-1]) if input_format == "BGR" else list
         self.register_buffer("pixel_mean", torch.tensor(rgb(pixel_mean), dtype=torch.float32).view(3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(rgb(pixel_std), dtype=torch.float32).view(3, 1, 1), False)
@@ -178,7 +192,7 @@ class ClearCLIPSegmentor(nn.Module):
         return {
             "clip_model": clip_model,
             "tokenizer": tokenizer,
-            "encoder": DenseCLIPEncoder.from_config(clip_model.visual, cfg),
+            "encoder": build_dense_encoder(cfg, clip_model),
             "vocabulary": vocabulary_from_config(cfg),
             "prompt_templates": list(cc.PROMPT_TEMPLATES),
             "logit_scale": cc.LOGIT_SCALE,
@@ -197,6 +211,7 @@ class ClearCLIPSegmentor(nn.Module):
             "precision": cc.PRECISION,
             "dataset_name": cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None,
             "refiner": build_refiner(cfg),
+            "window_padding": cc.WINDOW_PADDING,
         }
 
     @property
@@ -267,19 +282,27 @@ class ClearCLIPSegmentor(nn.Module):
         query_to_class = torch.as_tensor(self.vocabulary.query_to_class, device=self.device)
         return [
             self.predict_image(chunk_logits, text, size, query_to_class, x["image"])
-            for chunk_logits, size, x in zip(self.encode_images(images), out_sizes, batched_inputs)
+            for chunk_logits, size, x in zip(self.encode_images(images, text), out_sizes, batched_inputs)
         ]
 
-    def encode_images(self, images: List[torch.Tensor]) -> List[Callable[[torch.Tensor], torch.Tensor]]:
+    def encode_images(
+        self, images: List[torch.Tensor], text: Optional[torch.Tensor] = None
+    ) -> List[Callable[[torch.Tensor], torch.Tensor]]:
         """Run the image encoder once; per image, a function from [C, D] text embeddings to the
         image's [C, h, w] averaged cosine similarities (resized image, or patch grid when
-        ``slide_crop`` is 0), so the vocabulary can be compared in chunks."""
+        ``slide_crop`` is 0), so the vocabulary can be compared in chunks. ``text`` [Q, D], the
+        whole vocabulary's embeddings, goes to encoders that use it (``uses_text``)."""
         patch = self.encoder.patch_size
         forward = self.encoder.reference_style_forward if self.reference_style else self.encoder
+        if getattr(self.encoder, "uses_text", False):
+            forward = partial(forward, text_embeddings=text)
         encode = with_precision(forward, self.device, self.precision)
         window_batch = 1 if self.reference_style else self.window_batch
         if self.slide_crop > 0:
-            windows = encode_windows(images, encode, patch, self.slide_crop, self.slide_stride, window_batch)
+            windows = encode_windows(
+                images, encode, patch, self.slide_crop, self.slide_stride, window_batch,
+                pad=self.window_padding == "centred", window_multiple=self.encoder.window_multiple,
+            )
             return [
                 partial(average_window_logits, image_windows, image_size=tuple(img.shape[-2:]))
                 for image_windows, img in zip(windows_by_image(windows, len(images)), images)
