@@ -28,6 +28,7 @@ from .constants import (
     PRECISION_NAMES,
     PROB_THRESHOLD_FROM_DATASET,
     REFINE_CHOICES,
+    WINDOW_PADDINGS,
 )
 from .utils.errors import ClearCLIPError
 
@@ -98,6 +99,14 @@ def check_sliding_window(crop: int, stride: int, window_batch: int) -> None:
         raise ClearCLIPError(
             f"MODEL.CLEARCLIP.SLIDE_CROP {crop} / SLIDE_STRIDE {stride} / WINDOW_BATCH "
             f"{window_batch}: need crop >= 0 (0 = whole image), stride > 0, window batch > 0"
+        )
+
+
+def check_window_padding(window_padding: str) -> None:
+    """``MODEL.CLEARCLIP.WINDOW_PADDING`` must be one of :data:`~clearclip_d2.constants.WINDOW_PADDINGS`."""
+    if window_padding not in WINDOW_PADDINGS:
+        raise ClearCLIPError(
+            f"unknown MODEL.CLEARCLIP.WINDOW_PADDING {window_padding!r}; valid values: {', '.join(WINDOW_PADDINGS)}"
         )
 
 

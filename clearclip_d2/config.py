@@ -32,6 +32,10 @@ def add_clearclip_config(cfg: CN) -> None:
     cfg.MODEL.CLEARCLIP.ATTENTION = "qq"
     cfg.MODEL.CLEARCLIP.RESIDUAL = False
     cfg.MODEL.CLEARCLIP.FFN = False
+    # Image encoder, a name of modeling/methods' ENCODER_REGISTRY: "decomposed" = CLIP's ViT with
+    # the last block changed by the three switches above (ClearCLIP, CLIP, MaskCLIP, SCLIP, NACLIP);
+    # other methods register their own encoder (see modeling/methods/__init__.py).
+    cfg.MODEL.CLEARCLIP.ENCODER = "decomposed"
     # Standard deviation (in patches) of NACLIP's Gaussian neighbourhood prior (ATTENTION "naclip" only).
     cfg.MODEL.CLEARCLIP.NACLIP_GAUSSIAN_STD = constants.NACLIP_GAUSSIAN_STD
     # Cosine similarities are multiplied by this before the softmax over queries.
@@ -42,6 +46,9 @@ def add_clearclip_config(cfg: CN) -> None:
     # Sliding window size and step in pixels of the resized image; SLIDE_CROP 0 = whole image at once.
     cfg.MODEL.CLEARCLIP.SLIDE_CROP = constants.SLIDE_CROP
     cfg.MODEL.CLEARCLIP.SLIDE_STRIDE = constants.SLIDE_STRIDE
+    # "centred": zero-pad each window to a multiple of the patch size (ClearCLIP); "none": encode it
+    # unpadded, the patch embedding truncating it (SCLIP, NACLIP). See modeling/slide_inference.py.
+    cfg.MODEL.CLEARCLIP.WINDOW_PADDING = "centred"
     # Windows per image-encoder batch (bounds memory; results do not depend on it).
     cfg.MODEL.CLEARCLIP.WINDOW_BATCH = 8
     # Largest queries x output height x output width for which the model returns the full
@@ -134,6 +141,7 @@ def check_clearclip_config(cfg: CN) -> None:
     from .data.vocabulary import load_vocabulary_file
 
     cc = cfg.MODEL.CLEARCLIP
+    checks.check_window_padding(cc.WINDOW_PADDING)
     checks.check_attention(cc.ATTENTION, cc.NACLIP_GAUSSIAN_STD)
     checks.check_templates(cc.PROMPT_TEMPLATES)
     checks.check_precision(cc.PRECISION, cfg.MODEL.DEVICE)

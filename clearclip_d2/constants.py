@@ -124,3 +124,8 @@ PAPER_MIOU = {
         "ade20k": 15.0,
     },
 }
+
+# MODEL.CLEARCLIP.WINDOW_PADDING: "centred" zero-pads each sliding window to a multiple of the
+# encoder's patch (ClearCLIP); "none" encodes it as it is, the patch embedding truncating it
+# (SCLIP, NACLIP and the methods built on them).
+WINDOW_PADDINGS = ("centred", "none")

@@ -17,6 +17,7 @@ from ..checks import (
     check_prob_threshold,
     check_sliding_window,
     check_templates,
+    check_window_padding,
 )
 from ..constants import PROB_THRESHOLD_FROM_DATASET
 from ..data.vocabulary import Vocabulary, load_vocabulary_file, vocabulary_from_names
@@ -24,6 +25,7 @@ from ..utils.errors import ClearCLIPError
 from .clip.loading import build_clip_model_from_config
 from .clip.precision import with_precision
 from .clip.dense_encoder import DenseCLIPEncoder
+from .methods import build_dense_encoder
 from .inference.class_chunks import CONFIDENCE_KEY, LABELS_KEY, chunked_labels, use_class_chunks
 from .refinement import build_refiner
 from .inference.slide_inference import (
@@ -113,6 +115,7 @@ class ClearCLIPSegmentor(nn.Module):
         precision: str = "fp32",
         dataset_name: Optional[str] = None,
         refiner: Optional[nn.Module] = None,
+        window_padding: str = "centred",
     ):
         """
         Args:
@@ -135,6 +138,8 @@ class ClearCLIPSegmentor(nn.Module):
             dataset_name: the dataset evaluated first, whose threshold applies if ``prob_threshold`` is None.
             refiner: ``refiner(probs [K, H, W], image) -> [K, H, W]`` applied before the
                 background threshold (``MODEL.CLEARCLIP.REFINE``, see :mod:`.refinement`).
+            window_padding: "centred" (pad windows to the encoder's ``window_multiple``) or
+                "none" (encode them unpadded), see :mod:`.slide_inference`.
         """
         super().__init__()
         check_templates(prompt_templates)
@@ -160,6 +165,8 @@ class ClearCLIPSegmentor(nn.Module):
         self.text_cache = text_cache
         self.precision = precision
         self.refiner = refiner
+        check_window_padding(window_padding)
+        self.window_padding = window_padding
         rgb = (lambda v: list(v)[::-1]) if input_format == "BGR" else list
         self.register_buffer("pixel_mean", torch.tensor(rgb(pixel_mean), dtype=torch.float32).view(3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(rgb(pixel_std), dtype=torch.float32).view(3, 1, 1), False)
@@ -177,7 +184,7 @@ class ClearCLIPSegmentor(nn.Module):
         return {
             "clip_model": clip_model,
             "tokenizer": tokenizer,
-            "encoder": DenseCLIPEncoder.from_config(clip_model.visual, cfg),
+            "encoder": build_dense_encoder(cfg, clip_model),
             "vocabulary": vocabulary_from_config(cfg),
             "prompt_templates": list(cc.PROMPT_TEMPLATES),
             "logit_scale": cc.LOGIT_SCALE,
@@ -196,6 +203,7 @@ class ClearCLIPSegmentor(nn.Module):
             "precision": cc.PRECISION,
             "dataset_name": cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None,
             "refiner": build_refiner(cfg),
+            "window_padding": cc.WINDOW_PADDING,
         }
 
     @property
@@ -272,7 +280,7 @@ class ClearCLIPSegmentor(nn.Module):
         query_to_class = torch.as_tensor(self.vocabulary.query_to_class, device=self.device)
         return [
             self.predict_image(chunk_logits, text, size, query_to_class, x["image"])
-            for chunk_logits, size, x in zip(self.encode_images(images, encode, window_batch), out_sizes, batched_inputs)
+            for chunk_logits, size, x in zip(self.encode_images(images, encode, window_batch, text), out_sizes, batched_inputs)
         ]
 
     def encode_images(
@@ -280,6 +288,7 @@ class ClearCLIPSegmentor(nn.Module):
         images: List[torch.Tensor],
         encode: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
         window_batch: Optional[int] = None,
+        text: Optional[torch.Tensor] = None,
     ) -> List[Callable[[torch.Tensor], torch.Tensor]]:
         """Run the image encoder once; per image, a function from [C, D] text embeddings to the
         image's [C, h, w] averaged cosine similarities (resized image, or patch grid when
@@ -287,13 +296,19 @@ class ClearCLIPSegmentor(nn.Module):
 
         ``encode``: images [B, 3, h, w] -> patch features [B, N, D], by default ``self.encoder``
         at ``PRECISION``; ``window_batch``: windows per ``encode`` call, by default
-        ``WINDOW_BATCH``. Other values serve comparisons (``engine/benchmark.py``).
+        ``WINDOW_BATCH``. Other values serve comparisons (``engine/benchmark.py``). ``text``
+        [Q, D], the whole vocabulary's embeddings, goes to encoders that use it (``uses_text``).
         """
         patch = self.encoder.patch_size
-        encode = encode or with_precision(self.encoder, self.device, self.precision)
+        if encode is None:
+            forward = partial(self.encoder, text_embeddings=text) if self.encoder.uses_text else self.encoder
+            encode = with_precision(forward, self.device, self.precision)
         window_batch = window_batch or self.window_batch
         if self.slide_crop > 0:
-            windows = encode_windows(images, encode, patch, self.slide_crop, self.slide_stride, window_batch)
+            windows = encode_windows(
+                images, encode, patch, self.slide_crop, self.slide_stride, window_batch,
+                pad=self.window_padding == "centred", window_multiple=self.encoder.window_multiple,
+            )
             return [
                 partial(average_window_logits, image_windows, image_size=tuple(img.shape[-2:]))
                 for image_windows, img in zip(windows_by_image(windows, len(images)), images)

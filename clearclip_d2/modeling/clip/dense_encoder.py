@@ -81,6 +81,13 @@ class DenseCLIPEncoder(nn.Module):
         return int(self.visual.patch_size[0])
 
     @property
+    def window_multiple(self) -> int:
+        """Windows are padded to a multiple of the patch size (see :mod:`.methods`)."""
+        return self.patch_size
+
+    uses_text = False
+
+    @property
     def embed_dim(self) -> int:
         return int(self.visual.output_dim)
 

@@ -2,9 +2,11 @@
 
 Windows of ``crop`` pixels every ``stride`` pixels; the last window of a row or column is
 aligned to the image border, and an image smaller than the window is used as one smaller
-window. Each window is padded (centred, zeros) to a multiple of the patch size, encoded,
-compared with the text embeddings, upsampled to the padded window and the padding cut off.
-Overlaps are averaged.
+window. Each window is padded (centred, zeros) to a multiple of the patch size (ClearCLIP,
+``WINDOW_PADDING centred``), encoded, compared with the text embeddings, upsampled to the
+padded window and the padding cut off; or, as SCLIP and NACLIP do (``WINDOW_PADDING none``),
+encoded as it is, the patch embedding dropping the pixels past the last whole patch, and the
+patch-grid similarities upsampled to the whole window. Overlaps are averaged.
 
 All windows of one size go through the encoder together, ``window_batch`` at a time: in a
 batch of images every window of every image has the same size unless an image is smaller
@@ -59,7 +61,8 @@ class EncodedWindow:
         box: (y1, x1, y2, x2) of the window in the image, in pixels.
         features: [h'/p * w'/p, D] unit patch embeddings of the zero-padded window.
         grid: (h'/p, w'/p), the patch grid of the padded window.
-        padding: (left, right, top, bottom) zero padding added around the window, in pixels.
+        padding: (left, right, top, bottom) zero padding added around the window, in pixels
+            (all 0 when the window was encoded unpadded).
     """
 
     image_index: int
@@ -76,12 +79,16 @@ def encode_windows(
     crop: int,
     stride: int,
     window_batch: int,
+    pad: bool = True,
+    window_multiple: Optional[int] = None,
 ) -> List[EncodedWindow]:
     """Cut every image into sliding windows and encode them, ``window_batch`` windows at a time.
 
     Args:
         images: normalised images, each [3, H_i, W_i].
-        encode: images [n, 3, h', w'] (multiples of ``patch_size``) -> features [n, h'/p * w'/p, D].
+        encode: images [n, 3, h', w'] -> features [n, (h' // p) * (w' // p), D], p = ``patch_size``.
+        pad: zero-pad each window (centred) to a multiple of ``window_multiple`` (default
+            ``patch_size``); False = encode it unpadded (the patch embedding truncates).
     Returns:
         the windows of all images; their features hold ``num_windows * tokens * D`` floats.
     """
@@ -91,8 +98,9 @@ def encode_windows(
             jobs_by_size[(box[2] - box[0], box[3] - box[1])].append((index, box))
     encoded = []
     for (height, width), jobs in jobs_by_size.items():
-        padding = centred_padding(height, width, patch_size)
-        grid = tuple(side // patch_size for side in padded_size(height, width, patch_size))
+        padding = centred_padding(height, width, window_multiple or patch_size) if pad else (0, 0, 0, 0)
+        padded = (height + padding[2] + padding[3], width + padding[0] + padding[1])
+        grid = tuple(side // patch_size for side in padded)
         for start in range(0, len(jobs), window_batch):
             chunk = jobs[start : start + window_batch]
             crops = torch.stack([images[i][:, y1:y2, x1:x2] for i, (y1, x1, y2, x2) in chunk])
