@@ -5,7 +5,7 @@ method that changes only that block: CLIP, MaskCLIP, SCLIP, NACLIP; see
 from torch import nn
 
 from ..clip.dense_encoder import DenseCLIPEncoder
-from . import ENCODER_REGISTRY
+from .build import ENCODER_REGISTRY
 
 
 @ENCODER_REGISTRY.register()
