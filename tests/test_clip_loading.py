@@ -204,7 +204,7 @@ def test_checkpoint_hash_is_checked(tmp_path, tiny_model_files):
 def test_checkpoint_goes_through_open_clips_conversion(monkeypatch, tmp_path, tiny_model_files, tiny_clip):
     """Third-party formats are open_clip's to convert: the tensors read go through its
     convert_state_dict before they are checked and loaded."""
-    from clearclip_d2.modeling import clip_loading
+    from clearclip_d2.modeling.clip import loading as clip_loading
 
     expected, _ = tiny_clip
     path = str(tmp_path / "foreign.pt")
