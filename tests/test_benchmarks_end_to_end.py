@@ -32,7 +32,7 @@ TEMPLATES = ["a photo of a {}."]
 SHORT_SIDE, CROP, STRIDE = 64, 48, 32
 PREPARE_SCRIPTS = ("prepare_voc", "prepare_pascal_context", "prepare_coco_stuff", "prepare_coco_object",
                    "prepare_cityscapes", "prepare_ade20k", "prepare_ade20k_full")
-# dataset -> (class-names file, background threshold of SETTINGS.md)
+# dataset -> (class-names file, the reference's background threshold)
 DATASETS = {
     "voc_2012_val_20": ("voc20", 0.0),
     "voc_2012_val_21": ("voc21", 0.5),
