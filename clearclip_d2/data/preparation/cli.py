@@ -37,9 +37,7 @@ def prepare_ade20k(argv: Argv = None) -> None:
     )  # fmt: skip
     args = parser.parse_args(argv)
     with exit_on_user_error(program):
-        for split in args.splits:
-            plumbing.convert_and_report(split, converters.ade20k_tasks(args.root, split), converters.ADE20K_CONVERSION,
-                                        converters.ade20k_output_dir(args.root, split), args)
+        plumbing.convert_splits(args, converters.ade20k_tasks, converters.ADE20K_CONVERSION, converters.ade20k_output_dir)
 
 
 def prepare_ade20k_full(argv: Argv = None) -> None:
@@ -52,10 +50,8 @@ def prepare_ade20k_full(argv: Argv = None) -> None:
     args = parser.parse_args(argv)
     with exit_on_user_error(program):
         converters.check_ade20k_full_class_list()
-        for split in args.splits:
-            destination = os.path.join(args.root, converters.ADE_FULL_DIR, "*_detectron2", split)
-            plumbing.convert_and_report(split, converters.ade20k_full_tasks(args.root, split),
-                                        converters.convert_ade20k_full, destination, args)
+        plumbing.convert_splits(args, converters.ade20k_full_tasks, converters.convert_ade20k_full,
+                                lambda root, split: os.path.join(root, converters.ADE_FULL_DIR, "*_detectron2", split))
 
 
 def prepare_cityscapes(argv: Argv = None) -> None:
@@ -69,9 +65,8 @@ def prepare_cityscapes(argv: Argv = None) -> None:
     with exit_on_user_error(program):
         maps.check_class_anchors(bundled_class_names("city_scapes"), len(maps.CITYSCAPES_TRAIN_LABELS),
                                  maps.cityscapes_anchors(), "Cityscapes")
-        for split in args.splits:
-            plumbing.convert_and_report(split, converters.cityscapes_tasks(args.root, split),
-                                        converters.CITYSCAPES_CONVERSION, converters.cityscapes_gt_dir(args.root, split), args)
+        plumbing.convert_splits(args, converters.cityscapes_tasks, converters.CITYSCAPES_CONVERSION,
+                                converters.cityscapes_gt_dir)
 
 
 def prepare_coco_object(argv: Argv = None) -> None:
