@@ -1,6 +1,7 @@
 """ClearCLIP (ECCV 2024) as a Detectron2 plugin.
 
-``import clearclip_d2`` registers the meta-architecture ``ClearCLIPSegmentor`` and the
+``import clearclip_d2`` registers the meta-architecture ``ClearCLIPSegmentor``, the backbone
+``build_clearclip_backbone``, the image encoders of ``MODEL.CLEARCLIP.ENCODER`` and the
 datasets; :func:`add_clearclip_config` adds the ``MODEL.CLEARCLIP`` keys.
 """
 

@@ -47,7 +47,7 @@ def add_clearclip_config(cfg: CN) -> None:
     cfg.MODEL.CLEARCLIP.SLIDE_CROP = constants.SLIDE_CROP
     cfg.MODEL.CLEARCLIP.SLIDE_STRIDE = constants.SLIDE_STRIDE
     # "centred": zero-pad each window to a multiple of the patch size (ClearCLIP); "none": encode it
-    # unpadded, the patch embedding truncating it (SCLIP, NACLIP). See modeling/slide_inference.py.
+    # unpadded, the patch embedding truncating it (SCLIP, NACLIP). See modeling/inference/slide_inference.py.
     cfg.MODEL.CLEARCLIP.WINDOW_PADDING = "centred"
     # Windows per image-encoder batch (bounds memory; results do not depend on it).
     cfg.MODEL.CLEARCLIP.WINDOW_BATCH = 8
@@ -57,7 +57,7 @@ def add_clearclip_config(cfg: CN) -> None:
     # 0 = always chunked. Default 2**28 floats = 1 GiB per copy.
     cfg.MODEL.CLEARCLIP.MAX_DENSE_ELEMENTS = 2**28
     # Text queries per chunk on the chunked path: memory ~ CLASS_CHUNK x output pixels x 4 B
-    # (the bound: README, "Long evaluations"; results do not depend on it).
+    # (the bound: docs/LONG_EVALUATIONS.md#memory-bounds; results do not depend on it).
     cfg.MODEL.CLEARCLIP.CLASS_CHUNK = 32
     # Expected SHA-256 (hex) of the PRETRAINED checkpoint file; a file with another hash is
     # refused ("" = not checked).

@@ -1,6 +1,6 @@
 """The reference algorithm's constants, in one place.
 
-Values follow the authors' released ClearCLIP code (``../shared/reference/SETTINGS.md``):
+Values follow the authors' released ClearCLIP code (docs/DESIGN.md#reference-settings):
 configs and code read them from here instead of repeating the numbers.
 """
 
@@ -84,9 +84,10 @@ def openai_imagenet_templates() -> list:
 # MODEL.CLEARCLIP.PROB_THRESHOLD value that means "the test dataset's clearclip_prob_threshold".
 PROB_THRESHOLD_FROM_DATASET = -1.0
 
-# The reference's background threshold per benchmark (SETTINGS.md): where the highest class
-# probability is below it, class 0 (background) is predicted; 0 = no threshold. The two
-# large-vocabulary benchmarks are not in the paper and have no background class.
+# The reference's background threshold per benchmark: where the highest class probability is
+# below it, class 0 (background) is predicted; 0 = no threshold. The two large-vocabulary
+# benchmarks are not in the paper and have no background class.
+# (docs/DESIGN.md#background-threshold-in-the-metadata)
 REFERENCE_PROB_THRESHOLDS = {
     "voc20": 0.0,
     "voc21": 0.5,

@@ -23,30 +23,10 @@ Usage::
 
 import os
 import sys
-from typing import Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from clearclip_d2.data.preparation import converters, plumbing  # noqa: E402
-from clearclip_d2.utils.cli import exit_on_user_error  # noqa: E402
-
-PROGRAM = "prepare_ade20k_full.py"
-SPLITS = ("training", "validation")
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = plumbing.preparation_parser(
-        PROGRAM, "Make the images and 847-class uint16 label maps of ade20k_full_sem_seg_val.", "ADE20K_2021_17_01/",
-        SPLITS, ["validation"],
-    )
-    args = parser.parse_args(argv)
-    with exit_on_user_error(PROGRAM):
-        converters.check_ade20k_full_class_list()
-        for split in args.splits:
-            destination = os.path.join(args.root, converters.ADE_FULL_DIR, "*_detectron2", split)
-            plumbing.convert_and_report(split, converters.ade20k_full_tasks(args.root, split),
-                                        converters.convert_ade20k_full, destination, args)
-
+from clearclip_d2.data.preparation.cli import prepare_ade20k_full  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    prepare_ade20k_full()

@@ -21,33 +21,10 @@ out in ``clearclip_d2/data/preparation/label_maps.py``; the result equals citysc
 
 import os
 import sys
-from typing import Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from clearclip_d2.constants import class_names_file  # noqa: E402
-from clearclip_d2.data.preparation import converters, plumbing  # noqa: E402
-from clearclip_d2.data.preparation import label_maps as maps  # noqa: E402
-from clearclip_d2.data.vocabulary import load_vocabulary_file  # noqa: E402
-from clearclip_d2.utils.cli import exit_on_user_error  # noqa: E402
-
-PROGRAM = "prepare_cityscapes.py"
-SPLITS = ("train", "val")
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = plumbing.preparation_parser(
-        PROGRAM, "Make Cityscapes' labelTrainIds maps (0..18, 255 = ignore) from gtFine labelIds.", "cityscapes/gtFine/",
-        SPLITS, ["val"],
-    )
-    args = parser.parse_args(argv)
-    with exit_on_user_error(PROGRAM):
-        names = load_vocabulary_file(class_names_file("city_scapes")).class_names
-        maps.check_class_anchors(names, len(maps.CITYSCAPES_TRAIN_LABELS), maps.cityscapes_anchors(), "Cityscapes")
-        for split in args.splits:
-            plumbing.convert_and_report(split, converters.cityscapes_tasks(args.root, split),
-                                        converters.CITYSCAPES_CONVERSION, converters.cityscapes_gt_dir(args.root, split), args)
-
+from clearclip_d2.data.preparation.cli import prepare_cityscapes  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    prepare_cityscapes()

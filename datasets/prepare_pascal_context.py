@@ -24,38 +24,10 @@ The 59 classes are found in labels.txt by the names of the bundled class list
 
 import os
 import sys
-from typing import Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from clearclip_d2.data.preparation import converters, plumbing  # noqa: E402
-from clearclip_d2.utils.cli import exit_on_user_error  # noqa: E402
-
-PROGRAM = "prepare_pascal_context.py"
-VARIANTS = tuple(converters.CONTEXT_VARIANTS)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = plumbing.preparation_parser(
-        PROGRAM,
-        "Make the label maps of pascal_context_59_val, pascal_context_60_val and pascal_context_459_val "
-        "from PASCAL-Context's trainval .mat files.",
-        "VOCdevkit/VOC2010/",
-    )
-    plumbing.add_list_option(parser, "--variants", VARIANTS, VARIANTS, "class sets to make")
-    args = parser.parse_args(argv)
-    with exit_on_user_error(PROGRAM):
-        variants = args.variants
-        subset_ids = converters.context59_subset_ids(args.root)
-        ids, without_label = converters.context_val_ids(args.root)
-        if without_label:
-            print(f"skipping {len(without_label)} val images without a trainval/<id>.mat: "
-                  f"{', '.join(without_label[:5])}{', ...' if len(without_label) > 5 else ''}", flush=True)
-        destinations = ", ".join(converters.context_output_dirs(args.root, variants))
-        plumbing.convert_and_report("val", converters.context_tasks(args.root, ids, variants),
-                                    converters.ContextConversion(variants, subset_ids), destinations, args)
-        converters.write_context_image_list(args.root, ids, args.force)
-
+from clearclip_d2.data.preparation.cli import prepare_pascal_context  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    prepare_pascal_context()

@@ -10,7 +10,7 @@ from PIL import Image
 from conftest import REPO_ROOT
 
 CLASS_NAMES_DIR = os.path.join(REPO_ROOT, "clearclip_d2", "resources", "class_names")
-# dataset -> (classes, ignore label, background threshold of SETTINGS.md, class-names file)
+# dataset -> (classes, ignore label, reference background threshold (constants.REFERENCE_PROB_THRESHOLDS), class-names file)
 EXPECTED = {
     "voc_2012_val_20": (20, 255, 0.0, "voc20"),
     "voc_2012_val_21": (21, 255, 0.5, "voc21"),
@@ -196,7 +196,7 @@ def test_benchmark_configs(architecture):
     from clearclip_d2.config import check_clearclip_config
     from clearclip_d2.data.benchmarks import BENCHMARKS
 
-    windows = {"cityscapes": (224, 224)}  # SETTINGS.md; every other benchmark: 448 / 224
+    windows = {"cityscapes": (224, 224)}  # the reference's; every other benchmark: 448 / 224
     configured = 0
     for benchmark in BENCHMARKS:
         path = benchmark.config_path(architecture)

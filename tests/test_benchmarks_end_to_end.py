@@ -10,7 +10,6 @@ Checked per dataset, each against a computation written here:
   those predictions and the expected labels with a numpy confusion matrix.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -23,6 +22,7 @@ from PIL import Image
 
 import benchmark_fixtures as fixtures
 import reference_clearclip as ref
+from clearclip_d2.data.preparation.cli import PREPARE_COMMANDS
 from conftest import REPO_ROOT
 
 TRAIN_NET = os.path.join(REPO_ROOT, "tools", "train_net.py")
@@ -32,7 +32,7 @@ TEMPLATES = ["a photo of a {}."]
 SHORT_SIDE, CROP, STRIDE = 64, 48, 32
 PREPARE_SCRIPTS = ("prepare_voc", "prepare_pascal_context", "prepare_coco_stuff", "prepare_coco_object",
                    "prepare_cityscapes", "prepare_ade20k", "prepare_ade20k_full")
-# dataset -> (class-names file, background threshold of SETTINGS.md)
+# dataset -> (class-names file, the reference's background threshold)
 DATASETS = {
     "voc_2012_val_20": ("voc20", 0.0),
     "voc_2012_val_21": ("voc21", 0.5),
@@ -47,22 +47,12 @@ DATASETS = {
 }
 
 
-def load_script(name):
-    path = os.path.join(REPO_ROOT, "datasets", name + ".py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_script(name, *args):
+    """Run ``datasets/<name>.py``'s command line in this process."""
     try:
-        load_script(name).main(list(args))
+        PREPARE_COMMANDS[name](list(args))
     except SystemExit as e:
         assert e.code in (0, None), f"{name} exited with {e.code}"
-    finally:
-        sys.modules.pop(name, None)
 
 
 @pytest.fixture(scope="module")

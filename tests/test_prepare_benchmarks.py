@@ -4,7 +4,6 @@ covers the shared plumbing in depth): mappings, the command lines, and bad input
 Expected labels come from tests/benchmark_fixtures.py, written independently of the package.
 """
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import scipy.io
 from PIL import Image
 
 import benchmark_fixtures as fixtures
+from clearclip_d2.data.preparation.cli import PREPARE_COMMANDS
 from conftest import REPO_ROOT
 
 SCRIPTS = {  # script -> (maker, prepared datasets, one source file the maker writes)
@@ -43,28 +43,19 @@ MISSING_INPUT = {
 }
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO_ROOT, "datasets", name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # pool workers find the script's functions by module name
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture
 def run(capsys, monkeypatch):
-    """Run a script's ``main(args)`` in this process; returns (exit status, stdout, stderr)."""
+    """Run a script's command line (``PREPARE_COMMANDS[name](args)``) in this process; returns
+    (exit status, stdout, stderr)."""
 
     def run_script(name, *args):
         monkeypatch.delenv("DETECTRON2_DATASETS", raising=False)
         capsys.readouterr()
         try:
-            load_script(name).main(list(args))
+            PREPARE_COMMANDS[name](list(args))
             code = 0
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 0
-        finally:
-            sys.modules.pop(name, None)
         out, err = capsys.readouterr()
         return code, out, err
 

@@ -1,4 +1,5 @@
-"""datasets/prepare_coco_stuff.py: the id mapping, the CLI on a synthetic official layout,
+"""datasets/prepare_coco_stuff.py (its command line: clearclip_d2.data.preparation.cli.prepare_coco_stuff):
+the id mapping, the CLI on a synthetic official layout,
 and the registered ``coco_2017_val_stuff_sem_seg`` reading its output.
 
 The expected mapping is written out here independently of the script: the 11 unused
@@ -6,7 +7,6 @@ COCO-Stuff thing ids (1-based 12, 26, 29, 30, 45, 66, 68, 69, 71, 83, 91) as 0-b
 pixel values.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,6 +15,10 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+
+from clearclip_d2.data.preparation import label_maps as maps
+from clearclip_d2.data.preparation.cli import check_coco_stuff_class_list, prepare_coco_stuff
+from clearclip_d2.utils.errors import ClearCLIPError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO_ROOT, "datasets", "prepare_coco_stuff.py")
@@ -45,17 +49,6 @@ def expected_convert(raw: np.ndarray) -> np.ndarray:
     return out
 
 
-@pytest.fixture(scope="module")
-def script():
-    """The script as a module (in ``sys.modules``, so its pool workers can pickle its functions)."""
-    spec = importlib.util.spec_from_file_location("prepare_coco_stuff", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
-
-
 def run_cli(*args):
     """Run the script in a fresh interpreter, as a user would (``$DETECTRON2_DATASETS`` unset)."""
     env = {k: v for k, v in os.environ.items() if k != "DETECTRON2_DATASETS"}
@@ -65,8 +58,8 @@ def run_cli(*args):
 
 
 @pytest.fixture
-def run_main(script, capsys, monkeypatch):
-    """Run the script's ``main(args)`` in this process (fast: no interpreter start-up)."""
+def run_main(capsys, monkeypatch):
+    """Run the script's command line in this process (fast: no interpreter start-up)."""
 
     def run(*args, env_root=None):
         monkeypatch.delenv("DETECTRON2_DATASETS", raising=False)
@@ -74,7 +67,7 @@ def run_main(script, capsys, monkeypatch):
             monkeypatch.setenv("DETECTRON2_DATASETS", str(env_root))
         capsys.readouterr()
         try:
-            script.main(list(args))
+            prepare_coco_stuff(list(args))
             code = 0
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -126,8 +119,8 @@ def test_unused_ids_are_the_1_based_ids_minus_one():
     assert UNUSED_0_BASED == [i - 1 for i in UNUSED_1_BASED]
 
 
-def test_id_map_matches_independent_expectation(script):
-    lut = script.coco_stuff_id_map()
+def test_id_map_matches_independent_expectation():
+    lut = maps.coco_stuff_lut()
     assert lut.shape == (256,) and lut.dtype == np.uint8
     expected = expected_lut()
     assert len(expected) == 171
@@ -136,29 +129,31 @@ def test_id_map_matches_independent_expectation(script):
     assert sorted(set(lut.tolist()) - {255}) == list(range(171))
 
 
-def test_id_map_agrees_with_class_list(script):
+def test_id_map_agrees_with_class_list():
     with open(CLASS_NAMES) as f:
         names = [line.strip() for line in f if line.strip()]
     assert len(names) == 171
-    lut = script.coco_stuff_id_map()
+    lut = maps.coco_stuff_lut()
     assert names[lut[0]] == "person"
     assert names[lut[91]] == "banner"
     assert names[lut[181]] == "wood"
-    script.check_class_list(names)
-    with pytest.raises(script.ClearCLIPError):
-        script.check_class_list(names[1:] + names[:1])
+    check_coco_stuff_class_list(names)
+    with pytest.raises(ClearCLIPError):
+        check_coco_stuff_class_list(names[1:] + names[:1])
 
 
-def test_convert_label(script):
+def test_convert_label():
+    lut = maps.coco_stuff_lut()
     for label in synthetic_labels().values():
-        np.testing.assert_array_equal(script.convert_label(label), expected_convert(label))
-    assert script.convert_label(np.array([[90, 91]], dtype=np.uint8)).tolist() == [[255, 80]]
+        np.testing.assert_array_equal(lut[label], expected_convert(label))
+    assert lut[np.array([[90, 91]], dtype=np.uint8)].tolist() == [[255, 80]]
 
 
-def test_coco_stuff_id_map_returns_a_copy(script):
-    lut = script.coco_stuff_id_map()
-    lut[0] = 7
-    assert script.coco_stuff_id_map()[0] == 0
+def test_coco_stuff_id_map_is_read_only():
+    lut = maps.coco_stuff_lut()
+    with pytest.raises(ValueError):
+        lut[0] = 7
+    assert maps.coco_stuff_lut()[0] == 0
 
 
 # --- the command line -----------------------------------------------------------------------

@@ -42,14 +42,13 @@ from typing import Optional, Sequence, Tuple
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from detectron2.utils.logger import setup_logger  # noqa: E402
-
 from clearclip_d2.analysis.run import DEFAULT_ALPHAS, DEFAULT_OUTPUT, run_analysis  # noqa: E402
 from clearclip_d2.modeling.clip.decomposition import ATTENTION_VARIANTS  # noqa: E402
-from clearclip_d2.utils.cli import exit_on_user_error  # noqa: E402
+from clearclip_d2.utils.cli import (  # noqa: E402
+    add_config_file_option, add_opts_option, exit_on_user_error, setup_tool_loggers,
+)
 
 PROGRAM = "analyze_features.py"
-DEFAULT_CONFIG = "configs/clearclip_coco.yaml"
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -59,7 +58,7 @@ def get_parser() -> argparse.ArgumentParser:
         "mIoU per feature and the alpha sweep) with PNG plots and CSV numbers.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config-file", default=DEFAULT_CONFIG, metavar="FILE", help="config file (default: %(default)s)")
+    add_config_file_option(parser)
     parser.add_argument(
         "--input", nargs="+", metavar="PATH", help="images, globs (quote them) or folders for the statistics; "
         "default: the images of --dataset"
@@ -85,17 +84,13 @@ def get_parser() -> argparse.ArgumentParser:
         "--alphas", default=DEFAULT_ALPHAS, metavar="LIST", help="alpha values of Fig. 6 (default: %(default)s)"
     )
     parser.add_argument("--output", default=DEFAULT_OUTPUT, metavar="DIR", help="output folder (default: %(default)s)")
-    parser.add_argument(
-        "--opts", default=[], nargs=argparse.REMAINDER, metavar="KEY VALUE",
-        help="config overrides as KEY VALUE pairs, e.g. MODEL.CLEARCLIP.PRETRAINED /path/to/weights.bin",
-    )
+    add_opts_option(parser)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Tuple[str, ...]:
     args = get_parser().parse_args(argv)
-    setup_logger(name="fvcore")
-    setup_logger(name="clearclip_d2", abbrev_name="clearclip")
+    setup_tool_loggers()
     with exit_on_user_error(PROGRAM):
         return tuple(run_analysis(args, PROGRAM))
 

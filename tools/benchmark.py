@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from clearclip_d2.engine.benchmark import format_report, run_benchmark  # noqa: E402
 from clearclip_d2.utils import atomic_write_json  # noqa: E402
-from clearclip_d2.utils.cli import exit_on_user_error  # noqa: E402
+from clearclip_d2.utils.cli import add_opts_option, exit_on_user_error  # noqa: E402
 
 PROGRAM = "benchmark.py"
 
@@ -50,7 +50,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--modes", default="fast,reference", help="comma-separated: fast, reference (default both)")
     parser.add_argument("--no-flops", action="store_true", help="skip the fvcore FLOP count (slow for big models)")
     parser.add_argument("--json", default="", metavar="PATH", help="also write the results as JSON (atomically)")
-    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    add_opts_option(parser)
     return parser
 
 

@@ -47,13 +47,12 @@ from typing import Optional, Sequence, Tuple
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from detectron2.utils.logger import setup_logger  # noqa: E402
-
 from clearclip_d2.engine.demo import DEFAULT_OUTPUT, SAMPLE_IMAGES, demo_config, run_demo  # noqa: E402
-from clearclip_d2.utils.cli import exit_on_user_error  # noqa: E402
+from clearclip_d2.utils.cli import (  # noqa: E402
+    add_config_file_option, add_opts_option, exit_on_user_error, setup_tool_loggers,
+)
 
 PROGRAM = "demo.py"
-DEFAULT_CONFIG = "configs/clearclip_coco.yaml"
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -64,7 +63,7 @@ def get_parser() -> argparse.ArgumentParser:
         epilog="Example: python tools/demo.py --input img.jpg --vocabulary 'cat, kitten; grass, lawn' "
         "--opts MODEL.CLEARCLIP.PRETRAINED /path/to/open_clip_pytorch_model.bin MODEL.CLEARCLIP.FORCE_QUICK_GELU True",
     )
-    parser.add_argument("--config-file", default=DEFAULT_CONFIG, metavar="FILE", help="config file (default: %(default)s)")
+    add_config_file_option(parser)
     parser.add_argument(
         "--input",
         nargs="+",
@@ -99,21 +98,13 @@ def get_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write <name>_labels.png (class index per pixel) and <name>_classes.json (class -> pixel share)",
     )
-    parser.add_argument(
-        "--opts",
-        default=[],
-        nargs=argparse.REMAINDER,
-        metavar="KEY VALUE",
-        help="config overrides as KEY VALUE pairs, e.g. MODEL.CLEARCLIP.PRETRAINED /path/to/weights.bin",
-    )
+    add_opts_option(parser)
     return parser
-
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Tuple[str, ...]:
     args = get_parser().parse_args(argv)
-    setup_logger(name="fvcore")
-    setup_logger(name="clearclip_d2", abbrev_name="clearclip")
+    setup_tool_loggers()
     with exit_on_user_error(PROGRAM):
         cfg = demo_config(args.config_file, args.opts, args.prob_threshold)
         return tuple(run_demo(cfg, args.input, args.output, args.vocabulary, args.vocabulary_file, args.save_masks))

@@ -19,10 +19,9 @@ the ground truth (such a class has IoU 0):
 Boundary IoU (``BoundaryIoU-<class>``, ``min(IoU, B-Iou)-<class>``) follows Detectron2 main:
 each label map is reduced to its inner boundary by :func:`mask_to_boundary` and the boundary
 maps are counted into their own confusion matrix. Like Detectron2, it needs OpenCV and fewer
-than 255 classes (the label maps are eroded as uint8). One difference: Detectron2 main (and this
-plugin before it computed the metrics itself) forms the boundary cells ``(K+1) * b_pred + b_gt``
-in uint8, which wraps around from 16 classes on and scrambles the boundary counts;
-:func:`confusion_cells` counts in int64. The other metrics are Detectron2's to the last bit.
+than 255 classes (the label maps are eroded as uint8). One difference, Detectron2's uint8
+overflow from 16 classes on, which :func:`confusion_cells` avoids by counting in int64:
+docs/DESIGN.md#boundary-iou. The other metrics are Detectron2's to the last bit.
 """
 
 from collections import OrderedDict

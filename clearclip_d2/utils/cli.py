@@ -1,5 +1,6 @@
 """Command-line plumbing shared by the tools: one-line errors, the device choice, the checked config."""
 
+import argparse
 import contextlib
 import logging
 import sys
@@ -10,6 +11,28 @@ import torch
 from .errors import is_user_error, user_message
 
 EXIT_USER_ERROR = 2
+DEFAULT_CONFIG_FILE = "configs/clearclip_coco.yaml"  # the tools' --config-file, from the repository root
+
+
+def add_config_file_option(parser: argparse.ArgumentParser) -> None:
+    """``--config-file FILE``, default :data:`DEFAULT_CONFIG_FILE`."""
+    parser.add_argument("--config-file", default=DEFAULT_CONFIG_FILE, metavar="FILE", help="config file (default: %(default)s)")
+
+
+def add_opts_option(parser: argparse.ArgumentParser) -> None:
+    """``--opts KEY VALUE ...``: config overrides; it takes the rest of the command line."""
+    parser.add_argument(
+        "--opts", default=[], nargs=argparse.REMAINDER, metavar="KEY VALUE",
+        help="config overrides as KEY VALUE pairs, e.g. MODEL.CLEARCLIP.PRETRAINED /path/to/weights.bin",
+    )  # fmt: skip
+
+
+def setup_tool_loggers() -> None:
+    """Detectron2's console loggers for fvcore and ``clearclip_d2`` (shown as ``clearclip``)."""
+    from detectron2.utils.logger import setup_logger
+
+    setup_logger(name="fvcore")
+    setup_logger(name="clearclip_d2", abbrev_name="clearclip")
 
 
 @contextlib.contextmanager

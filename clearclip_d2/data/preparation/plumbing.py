@@ -197,6 +197,15 @@ def convert_and_report(desc: str, tasks: Sequence[ConversionTask], convert: Conv
     return counts
 
 
+def convert_splits(
+    args, tasks: Callable[[str, str], Sequence[ConversionTask]], convert: Converter, destination: Callable[[str, str], str]
+) -> None:
+    """:func:`convert_and_report` for each of ``args.splits``: ``tasks(root, split)``, reported
+    as written to ``destination(root, split)``."""
+    for split in args.splits:
+        convert_and_report(split, tasks(args.root, split), convert, destination(args.root, split), args)
+
+
 # ------------------------------------------------------------------------------ reading inputs
 def read_array(path: str, what: str) -> Tuple[np.ndarray, str]:
     """(``np.array`` of an image file, its PIL mode); an unreadable file raises one line naming

@@ -6,14 +6,14 @@ the decomposed one: ``clearclip_d2.engine.benchmark.reference_style_encode`` doe
 speed comparisons); then ``ln_post`` and the visual projection are applied to every patch token
 and the class token is dropped.
 
-Fused attention: open_clip's blocks call ``nn.MultiheadAttention(need_weights=False)``. In
-inference PyTorch sends that to ``aten::_native_multi_head_attention``, which on the CPU
-multiplies out the full [N, N] attention matrix (``bmm`` + ``softmax`` + ``bmm``, measured with
-the profiler on torch 2.14; on CUDA it picks a fused kernel). The standard blocks are
-therefore run here as ``x + attn(ln_1(x))`` and ``h + mlp(ln_2(h))`` with the attention from
-``F.scaled_dot_product_attention`` (:func:`~.decomposition.qk_attention`), the same function
-of the same weights (tests: within 1e-5 of open_clip's block); any other block type runs
-through its own ``forward``.
+Fused attention: the standard blocks, whichever attention module open_clip builds them with
+(:mod:`.attention_adapter` reads the weights of ``nn.MultiheadAttention`` and of open_clip's
+own ``Attention``), are run here as ``x + attn(ln_1(x))`` and ``h + mlp(ln_2(h))`` with the
+attention from ``F.scaled_dot_product_attention`` (:func:`~.decomposition.qk_attention`), the
+same function of the same weights (tests: within 1e-5 of open_clip's block), so that every
+device gets a fused kernel (``nn.MultiheadAttention``'s inference path writes out the full
+[N, N] attention matrix on the CPU; docs/PERFORMANCE.md#fast-path-and-reference-style). Any
+other block type runs through its own ``forward``.
 
 Towers with ``final_ln_after_pool`` (e.g. the CLIPA models) apply ``ln_post`` to the pooled
 embedding instead of to the tokens. The dense feature of a patch is taken to be the pooled

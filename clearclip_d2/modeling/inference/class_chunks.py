@@ -10,7 +10,7 @@ than one chunk at the output size.
 
 It returns what an evaluation needs: the label map (the arg-max of the plain path, with the
 background threshold) and the highest class probability per pixel. Its memory bound is
-:func:`chunked_peak_bytes` (and README "Long evaluations"): no term has the vocabulary size.
+:func:`chunked_peak_bytes` (and docs/LONG_EVALUATIONS.md#memory-bounds): no term has the vocabulary size.
 """
 
 from typing import Callable, Tuple
