@@ -36,7 +36,9 @@ NACLIP_GAUSSIAN_STD = 5.0
 ATTENTION_VARIANT_NAMES = ("qk", "qq", "kk", "vv", "qq+kk", "identity", "naclip")
 
 # MODEL.CLEARCLIP.PRECISION names of the image encoder's precisions (dtypes: ``modeling/clip/precision.py``).
-PRECISION_NAMES = ("fp32", "fp16", "bf16")
+# "fp16_weights" is the authors' numerics (SCLIP, NACLIP, ...): the whole CLIP model in fp16
+# weights, as open_clip's precision="fp16" or OpenAI's clip.load on CUDA.
+PRECISION_NAMES = ("fp32", "fp16", "bf16", "fp16_weights")
 
 # Channel orders (INPUT.FORMAT) ClearCLIP and the mask models of REFINE masks can take.
 INPUT_FORMATS = ("RGB", "BGR")
@@ -129,3 +131,16 @@ PAPER_MIOU = {
 # encoder's patch (ClearCLIP); "none" encodes it as it is, the patch embedding truncating it
 # (SCLIP, NACLIP and the methods built on them).
 WINDOW_PADDINGS = ("centred", "none")
+
+# ---------------------------------------------------------------------------- method pipelines
+# MODEL.CLEARCLIP.WHOLE_IMAGE_UPSAMPLE (SLIDE_CROP 0): "direct" = patch-grid logits bilinearly to
+# the output size (ClearCLIP, SCLIP); "via_input" = to the resized input first, then to the
+# output size, two bilinear steps (NACLIP, ResCLIP).
+WHOLE_IMAGE_UPSAMPLES = ("direct", "via_input")
+
+# MODEL.CLEARCLIP.CLASS_NAMES_FILE prefix naming a shipped list: "resources:sclip/voc21" =
+# resources/class_names/sclip/voc21.txt.
+CLASS_NAMES_RESOURCE_PREFIX = "resources:"
+
+# Where each method's paper numbers are: resources/paper_results/<method>.tsv.
+PAPER_RESULTS_DIR = os.path.join(RESOURCE_DIR, "paper_results")
