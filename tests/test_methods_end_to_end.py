@@ -58,3 +58,17 @@ def test_preset_evaluates_and_resumes_on_two_processes(coco_root, tmp_path, tiny
     resumed, again = run(coco_root, config, tmp_path / "out", tiny_model_files, num_gpus=2)
     assert f"Resuming {DATASET}: 2 of 2 images are done" in resumed.stdout + resumed.stderr
     assert again == first
+
+
+def test_every_method_has_a_preset_for_each_paper_number_and_the_table_shows_ours(tmp_path):
+    from clearclip_d2.constants import paper_results
+    from clearclip_d2.engine.reproduce import method_names, method_presets, method_table
+
+    for method in method_names():
+        assert set(paper_results(method)) <= set(method_presets(method)), method
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"voc_2012_val_21": {"sem_seg": {"mIoU-mmseg": 63.456, "mIoU": 60.0}}}))
+    table = method_table("naclip", [str(metrics)])
+    assert "| VOC21 | `configs/methods/naclip/voc21.yaml` | 64.07 | 63.46 |" in table
+    assert "| COCO-Stuff | `configs/methods/naclip.yaml` | 25.69 | – |" in table
+    assert "80.4*" in method_table("sclip") and "not checked" in method_table("sclip")
