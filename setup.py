@@ -37,7 +37,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["clearclip_d2", "clearclip_d2.*"]),
-    package_data={"clearclip_d2": ["resources/*.txt", "resources/*.tsv", "resources/class_names/*.txt"]},
+    package_data={"clearclip_d2": ["resources/*.txt", "resources/*.tsv", "resources/class_names/*.txt",
+                                  "resources/class_names/*/*.txt", "resources/paper_results/*.tsv"]},
     include_package_data=False,
     zip_safe=False,
     # torch, torchvision and detectron2 come from the user (see the module docstring).

@@ -28,6 +28,7 @@ from .constants import (
     PRECISION_NAMES,
     PROB_THRESHOLD_FROM_DATASET,
     REFINE_CHOICES,
+    WHOLE_IMAGE_UPSAMPLES,
     WINDOW_PADDINGS,
 )
 from .utils.errors import ClearCLIPError
@@ -123,9 +124,9 @@ def check_precision(precision: str, device: Optional[str] = None) -> None:
     """Refuse unknown precisions, and fp16 on the CPU (``device`` None: not checked)."""
     if precision not in PRECISION_NAMES:
         raise ClearCLIPError(f"unknown MODEL.CLEARCLIP.PRECISION {precision!r}; valid values: {', '.join(PRECISION_NAMES)}")
-    if precision == "fp16" and device is not None and torch.device(device).type == "cpu":
+    if precision in ("fp16", "fp16_weights") and device is not None and torch.device(device).type == "cpu":
         raise ClearCLIPError(
-            "MODEL.CLEARCLIP.PRECISION fp16 needs a CUDA device (MODEL.DEVICE cuda); on the CPU use fp32 or bf16"
+            f"MODEL.CLEARCLIP.PRECISION {precision} needs a CUDA device (MODEL.DEVICE cuda); on the CPU use fp32 or bf16"
         )
 
 
@@ -144,6 +145,34 @@ def check_refine(refine: str, pamr_iterations: int, pamr_dilations: Sequence[int
                 f"MODEL.CLEARCLIP.PAMR_DILATIONS {list(pamr_dilations)} must be a non-empty list of positive pixel counts"
             )
     return name
+
+
+def check_area_threshold(area_threshold: float) -> None:
+    """``AREA_THRESHOLD`` in [0, 1) (a fraction of the non-background predicted area; 0 = off)."""
+    if not 0.0 <= float(area_threshold) < 1.0:
+        raise ClearCLIPError(f"MODEL.CLEARCLIP.AREA_THRESHOLD {area_threshold} must be in [0, 1) (0 = off)")
+
+
+def check_whole_image_upsample(mode: str) -> None:
+    """``WHOLE_IMAGE_UPSAMPLE`` must be one of :data:`~clearclip_d2.constants.WHOLE_IMAGE_UPSAMPLES`."""
+    if mode not in WHOLE_IMAGE_UPSAMPLES:
+        raise ClearCLIPError(
+            f"unknown MODEL.CLEARCLIP.WHOLE_IMAGE_UPSAMPLE {mode!r}; valid values: {', '.join(WHOLE_IMAGE_UPSAMPLES)}"
+        )
+
+
+def check_dense_only_options(refine: bool, area_threshold: float, num_queries: int, out_size, max_dense_elements: int) -> None:
+    """Refuse, on the class-chunked path (queries x output pixels above ``MAX_DENSE_ELEMENTS``),
+    what needs every class at once: ``REFINE`` (PAMR mixes each query's logits over the image,
+    the masks average every class) and ``AREA_THRESHOLD`` (it re-ranks pixels after dropping classes)."""
+    fixes = {"REFINE": "REFINE none", "AREA_THRESHOLD": "AREA_THRESHOLD 0"}
+    needs = [name for name, used in (("REFINE", refine), ("AREA_THRESHOLD", area_threshold > 0)) if used]
+    if needs:
+        raise ClearCLIPError(
+            f"MODEL.CLEARCLIP.{' and '.join(needs)} {'needs' if len(needs) == 1 else 'need'} the whole probability "
+            f"map, but {num_queries} queries x {out_size[0]}x{out_size[1]} pixels exceed MODEL.CLEARCLIP.MAX_DENSE_ELEMENTS "
+            f"{max_dense_elements}: raise MAX_DENSE_ELEMENTS or set {' and '.join(fixes[n] for n in needs)}"
+        )
 
 
 def check_mask_min_score(min_score: float) -> None:

@@ -65,19 +65,26 @@ def add_clearclip_config(cfg: CN) -> None:
     # Folder of the text-embedding cache, one file per (model, weights, templates, queries);
     # "" = no disk cache (embeddings kept in memory only). See modeling/clip/text_cache.py.
     cfg.MODEL.CLEARCLIP.CACHE_DIR = constants.default_text_cache_dir()
-    # Image-encoder precision: "fp32", "fp16" (CUDA only) or "bf16", the half precisions through
-    # torch.autocast; similarities, upsampling and softmax stay fp32. See modeling/clip/precision.py.
+    # Precision: "fp32", "fp16" (CUDA only) or "bf16", the half precisions through torch.autocast on
+    # the image encoder; or "fp16_weights" (CUDA only), the authors' numerics: the whole CLIP model
+    # (image and text towers) in fp16 weights, LayerNorm in fp32, as open_clip's precision="fp16"
+    # and OpenAI's clip.load on CUDA. Similarities, upsampling and softmax stay fp32 in every case.
+    # See modeling/clip/precision.py.
     cfg.MODEL.CLEARCLIP.PRECISION = "fp32"
     # Prompts per text-encoder batch when embedding the vocabulary.
     cfg.MODEL.CLEARCLIP.TEXT_BATCH_SIZE = 256
     # Prompt templates, "{}" stands for the class name (default: the 80 OpenAI ImageNet templates).
     cfg.MODEL.CLEARCLIP.PROMPT_TEMPLATES = constants.openai_imagenet_templates()
     # "" = the test dataset's stuff_classes; else a file with one class a line,
-    # comma-separated synonyms ("sky, clouds").
+    # comma-separated synonyms ("sky, clouds"); "resources:<name>" = a shipped list,
+    # clearclip_d2/resources/class_names/<name>.txt (e.g. "resources:sclip/voc21", the authors'
+    # renamed lists of SCLIP, NACLIP and their successors).
     cfg.MODEL.CLEARCLIP.CLASS_NAMES_FILE = ""
-    # Refinement of the per-class probabilities at the output size, before the background
-    # threshold: "none" (the reference), "pamr" (pixel-adaptive mask refinement) or "masks"
-    # (average inside the masks of another Detectron2 model).
+    # Refinement at the output size: "none" (the reference); "pamr" (pixel-adaptive mask
+    # refinement) of the cosine logits of every query, before the logit scale, the softmax and
+    # the synonym max (where SCLIP's and NACLIP's authors run it), sliding or whole image; or
+    # "masks" (average inside the masks of another Detectron2 model) of the per-class
+    # probabilities, before the area and background thresholds.
     cfg.MODEL.CLEARCLIP.REFINE = "none"
     # PAMR: iterations, and dilations (pixels of the output) of its 3x3 neighbourhoods.
     cfg.MODEL.CLEARCLIP.PAMR_ITERATIONS = constants.PAMR_DEFAULT_ITERATIONS
@@ -92,6 +99,18 @@ def add_clearclip_config(cfg: CN) -> None:
     cfg.MODEL.CLEARCLIP.MASK_MODEL_ADD_CONFIG = ""
     # Masks scored below this are not used.
     cfg.MODEL.CLEARCLIP.MASK_MIN_SCORE = 0.5
+    # --- Post-processing of the training-free methods (SCLIP, NACLIP, ...; docs/METHODS.md) ---
+    # SCLIP's area_thd: after the synonym max, every class but 0 whose argmax area is not above
+    # this fraction of the non-background argmax area gets probability 0 (not renormalised),
+    # before the background threshold. 0 = off.
+    cfg.MODEL.CLEARCLIP.AREA_THRESHOLD = 0.0
+    # Divide the per-class probabilities (after the synonym max) by their sum over classes, as
+    # NACLIP and ResCLIP do. The background threshold still compares the highest probability
+    # BEFORE this (as they do); argmax unchanged. See modeling/inference/slide_inference.py.
+    cfg.MODEL.CLEARCLIP.RENORMALIZE = False
+    # Whole-image mode (SLIDE_CROP 0): "direct" = patch-grid logits bilinearly to the output size
+    # (ClearCLIP, SCLIP); "via_input" = to the resized input, then to the output size (NACLIP, ResCLIP).
+    cfg.MODEL.CLEARCLIP.WHOLE_IMAGE_UPSAMPLE = "direct"
     # Backbone (build_clearclip_backbone): L2-normalise each patch feature, as ClearCLIP's classifier does.
     cfg.MODEL.CLEARCLIP.BACKBONE_L2_NORMALIZE = True
 
@@ -152,4 +171,6 @@ def check_clearclip_config(cfg: CN) -> None:
     checks.check_class_chunking(cc.CLASS_CHUNK, cc.MAX_DENSE_ELEMENTS)
     checks.check_input_format(cfg.INPUT.FORMAT)
     checks.check_refine(cc.REFINE, cc.PAMR_ITERATIONS, cc.PAMR_DILATIONS)
+    checks.check_area_threshold(cc.AREA_THRESHOLD)
+    checks.check_whole_image_upsample(cc.WHOLE_IMAGE_UPSAMPLE)
     checks.run_registered_config_checks(cfg)

@@ -36,7 +36,9 @@ NACLIP_GAUSSIAN_STD = 5.0
 ATTENTION_VARIANT_NAMES = ("qk", "qq", "kk", "vv", "qq+kk", "identity", "naclip")
 
 # MODEL.CLEARCLIP.PRECISION names of the image encoder's precisions (dtypes: ``modeling/clip/precision.py``).
-PRECISION_NAMES = ("fp32", "fp16", "bf16")
+# "fp16_weights" is the authors' numerics (SCLIP, NACLIP, ...): the whole CLIP model in fp16
+# weights, as open_clip's precision="fp16" or OpenAI's clip.load on CUDA.
+PRECISION_NAMES = ("fp32", "fp16", "bf16", "fp16_weights")
 
 # Channel orders (INPUT.FORMAT) ClearCLIP and the mask models of REFINE masks can take.
 INPUT_FORMATS = ("RGB", "BGR")
@@ -104,19 +106,27 @@ REFERENCE_PROB_THRESHOLDS = {
 # (crop, stride) of the reference's sliding window where it is not (SLIDE_CROP, SLIDE_STRIDE).
 REFERENCE_SLIDE_WINDOWS = {"cityscapes": (224, 224)}
 
+# Each method's paper numbers: resources/paper_results/<method>.tsv, lines
+# ``benchmark<TAB>mIoU`` (ViT-B/16), a third column ``unverified`` where the number was not
+# checked against the paper; ``#`` lines are comments (the source).
+PAPER_RESULTS_DIR = os.path.join(RESOURCE_DIR, "paper_results")
+
+
+def paper_results(method: str) -> dict:
+    """``{benchmark: (mIoU %, verified)}`` of ``resources/paper_results/<method>.tsv``."""
+    results = {}
+    with open(os.path.join(PAPER_RESULTS_DIR, f"{method}.tsv"), encoding="utf-8") as f:
+        for line in f:
+            if line.strip() and not line.startswith("#"):
+                benchmark, miou, *flag = line.rstrip("\n").split("\t")
+                results[benchmark] = (float(miou), flag != ["unverified"])
+    return results
+
+
 # The paper's mIoU (%, mmseg's definition: classes present in the ground truth or the prediction)
-# per architecture and benchmark (Tables 2 and 3).
+# per architecture and benchmark (Tables 2 and 3); ViT-B/16 from resources/paper_results/clearclip.tsv.
 PAPER_MIOU = {
-    "ViT-B-16": {
-        "voc20": 80.9,
-        "context59": 35.9,
-        "coco_stuff": 23.9,
-        "cityscapes": 30.0,
-        "ade20k": 16.7,
-        "voc21": 51.8,
-        "context60": 32.6,
-        "coco_object": 33.0,
-    },
+    "ViT-B-16": {benchmark: miou for benchmark, (miou, _) in paper_results("clearclip").items()},
     "ViT-L-14": {
         "voc20": 80.0,
         "context59": 29.6,
@@ -130,3 +140,13 @@ PAPER_MIOU = {
 # encoder's patch (ClearCLIP); "none" encodes it as it is, the patch embedding truncating it
 # (SCLIP, NACLIP and the methods built on them).
 WINDOW_PADDINGS = ("centred", "none")
+
+# ---------------------------------------------------------------------------- method pipelines
+# MODEL.CLEARCLIP.WHOLE_IMAGE_UPSAMPLE (SLIDE_CROP 0): "direct" = patch-grid logits bilinearly to
+# the output size (ClearCLIP, SCLIP); "via_input" = to the resized input first, then to the
+# output size, two bilinear steps (NACLIP, ResCLIP).
+WHOLE_IMAGE_UPSAMPLES = ("direct", "via_input")
+
+# MODEL.CLEARCLIP.CLASS_NAMES_FILE prefix naming a shipped list: "resources:sclip/voc21" =
+# resources/class_names/sclip/voc21.txt.
+CLASS_NAMES_RESOURCE_PREFIX = "resources:"

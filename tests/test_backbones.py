@@ -41,7 +41,9 @@ def test_the_expected_configs_are_shipped():
     expected = {
         "configs/clearclip_coco.yaml",
         "configs/vit_l14/clearclip_coco.yaml",
-        *(f"configs/methods/{m}_coco.yaml" for m in ("clip", "maskclip", "sclip", "naclip")),
+        *(f"configs/methods/{m}.yaml" for m in ("clip", "maskclip", "sclip", "naclip")),
+        *(f"configs/methods/{m}/{b}.yaml" for m in ("clip", "maskclip", "sclip", "naclip")
+          for b in ("voc20", "voc21", "context59", "context60", "coco_object", "cityscapes", "ade20k")),
         *(f"configs/ablation/{a}_coco.yaml" for a in ("qq_res_ffn", "qq_res", "qq_ffn")),
         *(f"configs/backbones/vit_{m}_{w}.yaml" for m in ("b16", "l14") for w in ("laion2b", "metaclip", "dfn")),
         "configs/backbones/vit_h14_laion2b.yaml",
@@ -81,7 +83,7 @@ def test_shipped_config_builds_and_runs_on_the_meta_device(config, monkeypatch):
     with torch.device("meta"):
         model = open_clip.create_model(arch, pretrained=None, device="meta", force_quick_gelu=quick_gelu)
     encoder = DenseCLIPEncoder(model.visual, cc.ATTENTION, cc.RESIDUAL, cc.FFN, cc.NACLIP_GAUSSIAN_STD)
-    crop = cc.SLIDE_CROP
+    crop = cc.SLIDE_CROP or 224  # whole-image presets: any size
     with torch.no_grad():
         features = encoder(torch.empty(2, 3, crop, crop, device="meta"))
     assert tuple(features.shape) == (2, (crop // encoder.patch_size) ** 2, encoder.embed_dim)

@@ -103,3 +103,60 @@ def test_text_aware_encoders_get_the_whole_vocabulary(tiny_model_files):
     )
     assert torch.allclose(segment(plain, 80, 100), segment(aware, 80, 100), atol=1e-6)
     assert aware.encoder.texts and all(t is not None and t.shape[0] == 5 for t in aware.encoder.texts)
+
+
+# --------------------------------------------------------------------------- shared pipeline keys
+@pytest.mark.parametrize(
+    "overrides,fragment",
+    [
+        ({"MODEL.CLEARCLIP.AREA_THRESHOLD": 1.5}, r"AREA_THRESHOLD 1.5 must be in \[0, 1\)"),
+        ({"MODEL.CLEARCLIP.WHOLE_IMAGE_UPSAMPLE": "twice"}, "WHOLE_IMAGE_UPSAMPLE 'twice'.*direct, via_input"),
+        ({"MODEL.CLEARCLIP.PRECISION": "fp16_weights"}, "PRECISION fp16_weights needs a CUDA device"),
+        ({"MODEL.CLEARCLIP.CLASS_NAMES_FILE": "resources:sclip/nope"}, "no shipped class list 'resources:sclip/nope'.*resources:sclip/voc21"),
+    ],
+)
+def test_bad_pipeline_keys_are_one_line(tiny_model_files, overrides, fragment):
+    from clearclip_d2.config import check_clearclip_config
+
+    with pytest.raises(ClearCLIPError, match=fragment):
+        check_clearclip_config(tiny_cfg(tiny_model_files, **overrides))
+
+
+def test_shipped_renamed_lists_load_with_their_repeated_name():
+    """SCLIP's COCO-Object list names "bed" among the background queries and as a class."""
+    from clearclip_d2.data.vocabulary import load_vocabulary_file
+
+    vocabulary = load_vocabulary_file("resources:sclip/coco_object")
+    assert len(vocabulary) == 81 and vocabulary.queries.count("bed") == 2
+    assert len(load_vocabulary_file("resources:sclip/voc21").classes[0]) == 26
+
+
+def test_fp16_weights_build_the_authors_numerics(tiny_model_files):
+    """fp16 weights, LayerNorm computed in fp32 (open_clip's precision "fp16"); running it is CUDA only."""
+    from open_clip.transformer import LayerNormFp32
+
+    from clearclip_d2.modeling.clip.loading import build_clip_model
+
+    model, _, _ = build_clip_model(*tiny_model_files, precision="fp16_weights")
+    assert model.visual.conv1.weight.dtype == torch.float16 and model.visual.proj.dtype == torch.float16
+    assert isinstance(model.visual.ln_post, LayerNormFp32) and model.visual.ln_post.weight.dtype == torch.float32
+
+
+def test_chunked_path_renormalises_exactly_and_refuses_the_area_threshold(tiny_model_files):
+    """RENORMALIZE keeps the argmax, so the class-chunked labels equal the dense argmax (threshold
+    included); AREA_THRESHOLD needs every class at once and is refused there in one line."""
+    options = {"MODEL.CLEARCLIP.SLIDE_CROP": 64, "MODEL.CLEARCLIP.SLIDE_STRIDE": 48, "MODEL.CLEARCLIP.RENORMALIZE": True}
+    dense = build(tiny_model_files, **options)
+    probs = segment(dense, 70, 90)
+    threshold = float(probs.max(0).values.median())
+    dense.prob_threshold = threshold
+    probs = segment(dense, 70, 90)
+    chunked = build(tiny_model_files, **options, **{"MODEL.CLEARCLIP.MAX_DENSE_ELEMENTS": 0, "MODEL.CLEARCLIP.CLASS_CHUNK": 2})
+    chunked.prob_threshold = threshold
+    rng = np.random.default_rng(0)
+    image = torch.from_numpy(rng.integers(0, 256, (3, 70, 90), dtype=np.uint8))
+    labels = chunked([{"image": image}])[0]["sem_seg_labels"]
+    assert torch.equal(labels, probs.argmax(0)) and (labels == 0).any()
+    area = build(tiny_model_files, **{"MODEL.CLEARCLIP.MAX_DENSE_ELEMENTS": 0, "MODEL.CLEARCLIP.AREA_THRESHOLD": 0.1})
+    with pytest.raises(ClearCLIPError, match="AREA_THRESHOLD needs the whole probability map.*set AREA_THRESHOLD 0"):
+        segment(area, 40, 50)

@@ -22,6 +22,7 @@ from clearclip_d2.modeling.refinement.masks import (
     resolve_mask_model_config,
 )
 from clearclip_d2.modeling.refinement.masks import assign_pixels_to_masks, refine_with_masks
+from clearclip_d2.modeling.inference.slide_inference import logits_to_probabilities
 from clearclip_d2.modeling.refinement.pamr import pamr
 
 ZOO_MASK_RCNN = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"
@@ -247,16 +248,25 @@ def test_refinement_comes_before_the_background_threshold(tiny_model_files, fixe
 
 
 def test_pamr_refinement_end_to_end(tiny_model_files):
+    """REFINE pamr runs on the cosine logits of every query at the output size, before the
+    softmax and the synonym max (the authors' placement), guided by the image resized to it."""
     image = smooth_image(48, 40, seed=9)
     resized = torch.from_numpy(image.transpose(2, 0, 1).copy())
-    plain = segmentor(tiny_model_files)([{"image": resized, "height": 30, "width": 26}])[0]["sem_seg"]
     model = segmentor(
         tiny_model_files, **{"MODEL.CLEARCLIP.REFINE": "pamr", "MODEL.CLEARCLIP.PAMR_ITERATIONS": 3, "MODEL.CLEARCLIP.PAMR_DILATIONS": [1, 2]}
     )
     refined = model([{"image": resized, "height": 30, "width": 26}])[0]["sem_seg"]
+    text = model.text_embeddings()
+    logits = model.encode_images([model.preprocess_image(resized)], text=text)[0](text)
+    logits = F.interpolate(logits[None], size=(30, 26), mode="bilinear", align_corners=False)[0]
     guide = F.interpolate(resized[None].float(), size=(30, 26), mode="bilinear", align_corners=False)[0]
-    expected = pamr_loops(plain.numpy(), guide.numpy(), 3, (1, 2))
-    assert torch.allclose(refined.double(), torch.from_numpy(expected), atol=1e-5)
+    expected_logits = torch.from_numpy(pamr_loops(logits.numpy(), guide.numpy(), 3, (1, 2))).float()
+    query_to_class = torch.as_tensor(model.vocabulary.query_to_class)
+    expected = logits_to_probabilities(expected_logits, (30, 26), model.logit_scale, query_to_class, len(model.vocabulary), 0.0)
+    assert len(model.vocabulary.queries) > len(model.vocabulary)  # synonyms: PAMR sees the queries
+    assert torch.allclose(refined, expected, atol=1e-5)
+    plain = segmentor(tiny_model_files)([{"image": resized, "height": 30, "width": 26}])[0]["sem_seg"]
+    assert not torch.allclose(refined, plain, atol=1e-4)
 
 
 def test_refinement_of_an_output_too_large_for_the_dense_map_is_refused(tiny_model_files):

@@ -37,12 +37,12 @@ def free_port():
         return s.getsockname()[1]
 
 
-def train_net_command(root, output_dir, *extra, num_gpus=1, model_files=None, flags=(), templates=FEW_TEMPLATES):
-    """(command, environment) of ``train_net.py --eval-only`` on the tiny model."""
+def train_net_command(root, output_dir, *extra, num_gpus=1, model_files=None, flags=(), templates=FEW_TEMPLATES, config=CONFIG):
+    """(command, environment) of ``train_net.py --eval-only`` on the tiny model (``config``: the preset)."""
     model_json, checkpoint = model_files
     env = dict(os.environ, DETECTRON2_DATASETS=str(root), PYTHONWARNINGS="ignore")
     dist = ["--dist-url", f"tcp://127.0.0.1:{free_port()}"] if num_gpus > 1 else []
-    cmd = [sys.executable, TRAIN_NET, "--eval-only", "--num-gpus", str(num_gpus), *dist, *flags, "--config-file", CONFIG,
+    cmd = [sys.executable, TRAIN_NET, "--eval-only", "--num-gpus", str(num_gpus), *dist, *flags, "--config-file", config,
            "MODEL.CLEARCLIP.MODEL_NAME", model_json, "MODEL.CLEARCLIP.PRETRAINED", checkpoint,
            "MODEL.CLEARCLIP.PROMPT_TEMPLATES", repr(list(templates)), "OUTPUT_DIR", str(output_dir),
            "DATALOADER.NUM_WORKERS", "1", *extra]

@@ -17,6 +17,8 @@ Examples::
     python tools/reproduce_table.py --arch ViT-L-14 MODEL.CLEARCLIP.PRETRAINED /path/to/vit_l14.bin \\
         MODEL.CLEARCLIP.FORCE_QUICK_GELU True
     python tools/reproduce_table.py --from-metrics output/*/metrics.json   # table from earlier runs
+    python tools/reproduce_table.py --method naclip                   # a method's presets and paper numbers
+    python tools/reproduce_table.py --method naclip --from-metrics output/methods/naclip/*/metrics.json
 
 Trailing ``KEY VALUE`` pairs go to every train_net run. Exit status: 0, 1 if an evaluation
 failed, 2 if nothing could be evaluated. The code is ``clearclip_d2/engine/reproduce.py``.
@@ -32,7 +34,7 @@ warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=Fu
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from clearclip_d2.data.benchmarks import ARCHITECTURES, BENCHMARKS  # noqa: E402
-from clearclip_d2.engine.reproduce import reproduce_table  # noqa: E402
+from clearclip_d2.engine.reproduce import method_names, method_table, reproduce_table  # noqa: E402
 from clearclip_d2.utils.cli import exit_on_user_error  # noqa: E402
 
 PROGRAM = "reproduce_table.py"
@@ -49,12 +51,18 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-gpus", type=int, default=1, help="processes per train_net run (train_net's --num-gpus)")
     parser.add_argument("--from-metrics", nargs="+", metavar="JSON",
                         help="no evaluation (and no overrides): take the results from these train_net metrics.json files")
+    parser.add_argument("--method", choices=method_names(),
+                        help="print this method's table instead (benchmark, preset, paper mIoU, and ours from "
+                             "--from-metrics files); evaluates nothing")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every train_net run")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
+    if args.method:
+        print(method_table(args.method, args.from_metrics or ()), end="")
+        return 0
     return reproduce_table(args.benchmarks, args.arch, args.output_dir, args.num_gpus, args.opts, args.from_metrics)
 
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..modeling.clip.decomposition import decomposed_block_forward
 from ..modeling.clip.dense_encoder import DenseCLIPEncoder
-from ..modeling.clip.precision import PRECISIONS, with_precision
+from ..modeling.clip.precision import PRECISIONS, WEIGHT_DTYPES, with_precision
 from ..modeling.inference.slide_inference import padded_size, slide_window_boxes
 from ..utils.errors import ClearCLIPError
 from ..utils.io import write_proc_control
@@ -408,7 +408,7 @@ def run_benchmark(args, program: str = "benchmark.py") -> dict:
     model.text_embeddings()
     text_seconds = time.perf_counter() - start
 
-    compute_dtype = PRECISIONS[cc.PRECISION] or torch.float32
+    compute_dtype = PRECISIONS[cc.PRECISION] or WEIGHT_DTYPES.get(cc.PRECISION, torch.float32)
     peak = matmul_peak_flops(device, compute_dtype, seconds=2.0)
     first = batches[0][0]["image"]
     height, width = int(first.shape[-2]), int(first.shape[-1])

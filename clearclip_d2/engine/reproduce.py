@@ -1,17 +1,21 @@
 """The paper's tables (``tools/reproduce_table.py``): evaluate benchmarks with ``tools/train_net.py``
-and write the results beside the paper's numbers (:mod:`clearclip_d2.evaluation.benchmark_report`).
+and write the results beside the paper's numbers (:mod:`clearclip_d2.evaluation.benchmark_report`);
+and, with ``--method``, one method's table: its preset per benchmark beside its paper's numbers
+(:func:`method_table`).
 
 :func:`reproduce_table` evaluates each selected benchmark in its own ``train_net.py --eval-only``
 run (a benchmark not prepared is skipped with a line saying why), or reads earlier runs'
 ``metrics.json`` files, then writes ``results.md`` and the per-class IoU charts.
 """
 
+import glob
 import json
 import os
 import subprocess
 import sys
 from typing import Dict, List, Optional, Sequence
 
+from ..constants import PAPER_RESULTS_DIR, paper_results
 from ..data.benchmarks import BENCHMARKS, Benchmark, get_benchmark
 from ..evaluation.benchmark_report import BenchmarkOutcome, write_report
 from ..utils.errors import ClearCLIPError, user_message
@@ -123,3 +127,53 @@ def reproduce_table(
     print("\n" + table, flush=True)
     print(f"wrote {os.path.join(output_dir, 'results.md')} and {os.path.join(output_dir, 'per_class_iou', '')}", flush=True)
     return 1 if any(o.failed for o in outcomes) else 0
+
+
+# --------------------------------------------------------------------------- one method's table
+def method_names() -> List[str]:
+    """The methods with paper numbers (``resources/paper_results/<method>.tsv``), sorted."""
+    return sorted(os.path.splitext(name)[0] for name in os.listdir(PAPER_RESULTS_DIR) if name.endswith(".tsv"))
+
+
+def method_presets(method: str) -> Dict[str, str]:
+    """``{benchmark key: preset path relative to the repository}`` of a method: ClearCLIP's are
+    ``configs/clearclip_<benchmark>.yaml``; any other method's are ``configs/methods/<method>.yaml``
+    and ``configs/methods/<method>/*.yaml``, each placed by its ``DATASETS.TEST``."""
+    from ..config import load_clearclip_config
+
+    if method == "clearclip":
+        return {b.key: b.config_path() for b in BENCHMARKS if b.paper_miou() is not None}
+    by_dataset = {b.dataset_name: b.key for b in BENCHMARKS}
+    paths = [os.path.join(REPO_ROOT, "configs", "methods", f"{method}.yaml")]
+    paths += sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "methods", method, "*.yaml")))
+    presets = {}
+    for path in filter(os.path.isfile, paths):
+        for dataset in load_clearclip_config(path).DATASETS.TEST:
+            if dataset in by_dataset:
+                presets[by_dataset[dataset]] = os.path.relpath(path, REPO_ROOT)
+    return presets
+
+
+def method_table(method: str, metrics_paths: Sequence[str] = ()) -> str:
+    """Markdown: per benchmark of the method's paper, the preset to run, the paper's mIoU
+    (``*`` = not checked against the paper) and this project's mIoU (mmseg's definition) from
+    the train_net ``metrics.json`` files given ("–" where none has the benchmark)."""
+    if method not in method_names():
+        raise ClearCLIPError(f"unknown method {method!r}; choose one of {', '.join(method_names())}")
+    paper, presets = paper_results(method), method_presets(method)
+    ours = read_metrics(metrics_paths) if metrics_paths else {}
+    lines = [f"# {method}: presets and the paper's numbers (ViT-B/16)", "",
+             "| benchmark | preset | paper mIoU | our mIoU (mmseg) |", "| --- | --- | ---: | ---: |"]
+    for benchmark in BENCHMARKS:
+        if benchmark.key not in paper and benchmark.key not in presets:
+            continue
+        miou, verified = paper.get(benchmark.key, (None, True))
+        paper_text = "–" if miou is None else f"{miou:g}{'' if verified else '*'}"
+        our = ours.get(benchmark.dataset_name, {}).get("mIoU-mmseg")
+        preset = presets.get(benchmark.key)
+        lines.append(f"| {benchmark.title} | {f'`{preset}`' if preset else '–'} | {paper_text} | "
+                     f"{'–' if our is None else f'{our:.2f}'} |")
+    if not all(verified for _, verified in paper.values()):
+        lines += ["", "\\* not checked against the paper (see the comments of "
+                  f"clearclip_d2/resources/paper_results/{method}.tsv)."]
+    return "\n".join(lines) + "\n"

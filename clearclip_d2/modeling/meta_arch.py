@@ -11,12 +11,15 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
 from ..checks import (
+    check_area_threshold,
     check_class_chunking,
+    check_dense_only_options,
     check_input_format,
     check_precision,
     check_prob_threshold,
     check_sliding_window,
     check_templates,
+    check_whole_image_upsample,
     check_window_padding,
 )
 from ..constants import PROB_THRESHOLD_FROM_DATASET
@@ -33,7 +36,7 @@ from .inference.slide_inference import (
     encode_whole_image,
     encode_windows,
     logits_to_probabilities,
-    patch_logits,
+    whole_image_logits,
     windows_by_image,
 )
 from .clip.text_cache import TextEmbeddingCache
@@ -116,6 +119,9 @@ class ClearCLIPSegmentor(nn.Module):
         dataset_name: Optional[str] = None,
         refiner: Optional[nn.Module] = None,
         window_padding: str = "centred",
+        area_threshold: float = 0.0,
+        renormalize: bool = False,
+        whole_image_upsample: str = "direct",
     ):
         """
         Args:
@@ -140,6 +146,10 @@ class ClearCLIPSegmentor(nn.Module):
                 background threshold (``MODEL.CLEARCLIP.REFINE``, see :mod:`.refinement`).
             window_padding: "centred" (pad windows to the encoder's ``window_multiple``) or
                 "none" (encode them unpadded), see :mod:`.slide_inference`.
+            area_threshold, renormalize: SCLIP's area threshold (0 = off) and NACLIP's
+                renormalisation, see :func:`~.inference.slide_inference.logits_to_probabilities`.
+            whole_image_upsample: "direct" or "via_input" (whole-image mode, see
+                :func:`~.inference.slide_inference.whole_image_logits`).
         """
         super().__init__()
         check_templates(prompt_templates)
@@ -167,6 +177,11 @@ class ClearCLIPSegmentor(nn.Module):
         self.refiner = refiner
         check_window_padding(window_padding)
         self.window_padding = window_padding
+        check_area_threshold(area_threshold)
+        check_whole_image_upsample(whole_image_upsample)
+        self.area_threshold = float(area_threshold)
+        self.renormalize = bool(renormalize)
+        self.whole_image_upsample = whole_image_upsample
         rgb = (lambda v: list(v)[::-1]) if input_format == "BGR" else list
         self.register_buffer("pixel_mean", torch.tensor(rgb(pixel_mean), dtype=torch.float32).view(3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(rgb(pixel_std), dtype=torch.float32).view(3, 1, 1), False)
@@ -204,6 +219,9 @@ class ClearCLIPSegmentor(nn.Module):
             "dataset_name": cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None,
             "refiner": build_refiner(cfg),
             "window_padding": cc.WINDOW_PADDING,
+            "area_threshold": cc.AREA_THRESHOLD,
+            "renormalize": cc.RENORMALIZE,
+            "whole_image_upsample": cc.WHOLE_IMAGE_UPSAMPLE,
         }
 
     @property
@@ -313,7 +331,13 @@ class ClearCLIPSegmentor(nn.Module):
                 partial(average_window_logits, image_windows, image_size=tuple(img.shape[-2:]))
                 for image_windows, img in zip(windows_by_image(windows, len(images)), images)
             ]
-        return [partial(patch_logits, *encode_whole_image(img, encode, patch)) for img in images]
+        return [
+            partial(
+                whole_image_logits, *encode_whole_image(img, encode, patch),
+                input_size=tuple(img.shape[-2:]) if self.whole_image_upsample == "via_input" else None,
+            )
+            for img in images
+        ]
 
     def predict_image(
         self,
@@ -328,19 +352,18 @@ class ClearCLIPSegmentor(nn.Module):
         ``image`` is the input's [3, h, w] uint8 image, which the refiner (if any) looks at.
         """
         if not use_class_chunks(len(text), out_size, self.max_dense_elements):
+            refine = partial(self.refiner, image=image) if self.refiner is not None else None
+            on_logits = refine is not None and self.refiner.refines == "logits"
             probs = logits_to_probabilities(
                 chunk_logits(text), out_size, self.logit_scale, query_to_class, len(self.vocabulary), self.prob_threshold,
-                refine=partial(self.refiner, image=image) if self.refiner is not None else None,
+                refine=None if on_logits else refine, refine_logits=refine if on_logits else None,
+                area_threshold=self.area_threshold, renormalize=self.renormalize,
             )
             return {"sem_seg": probs}
-        if self.refiner is not None:
-            raise ClearCLIPError(
-                f"MODEL.CLEARCLIP.REFINE needs the whole probability map, but {len(text)} queries x "
-                f"{out_size[0]}x{out_size[1]} pixels exceed MODEL.CLEARCLIP.MAX_DENSE_ELEMENTS "
-                f"{self.max_dense_elements}: raise MAX_DENSE_ELEMENTS or set REFINE none"
-            )
+        check_dense_only_options(self.refiner is not None, self.area_threshold, len(text), out_size, self.max_dense_elements)
+        # RENORMALIZE leaves the argmax (and the threshold, decided before it) unchanged, so the
+        # chunked labels are exact; the confidence is the highest probability before it.
         labels, confidence = chunked_labels(
             chunk_logits, text, out_size, self.logit_scale, query_to_class, self.prob_threshold, self.class_chunk
         )
         return {LABELS_KEY: labels, CONFIDENCE_KEY: confidence}
-

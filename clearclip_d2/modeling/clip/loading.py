@@ -43,18 +43,24 @@ def build_clip_model(
     force_quick_gelu: bool = False,
     cache_dir: Optional[str] = None,
     expected_sha256: str = "",
+    precision: str = "fp32",
 ) -> Tuple[nn.Module, Callable, str]:
     """Create the open_clip model, load its weights, and return ``(model, tokenizer, arch)``.
 
-    The model is in eval mode, frozen, in fp32 on the CPU. ``arch`` is the resolved open_clip
-    architecture name. ``expected_sha256``: if given, the checkpoint file must have this hash.
+    The model is in eval mode, frozen, on the CPU, in fp32 -- or, for ``precision``
+    "fp16_weights" (the authors' numerics), in open_clip's ``precision="fp16"``: fp16 weights,
+    LayerNorm computed in fp32. ``arch`` is the resolved open_clip architecture name.
+    ``expected_sha256``: if given, the checkpoint file must have this hash.
     """
     arch = resolve_architecture(model_name)
     checkpoint, quick_gelu = resolve_checkpoint(arch, pretrained, cache_dir)
     with torch.random.fork_rng(devices=[]):
         # Random weights are the same in every process and every run (seed 0).
         torch.manual_seed(0)
-        model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=force_quick_gelu or quick_gelu)
+        model = open_clip.create_model(
+            arch, pretrained=None, force_quick_gelu=force_quick_gelu or quick_gelu,
+            precision="fp16" if precision == "fp16_weights" else "fp32",
+        )
     if checkpoint is None:
         logger.warning(f"CLIP model {arch} has RANDOM weights (seed 0; MODEL.CLEARCLIP.PRETRAINED is empty)")
     else:
@@ -68,7 +74,7 @@ def build_clip_model(
 
 def build_clip_model_from_config(cfg) -> Tuple[nn.Module, Callable, str]:
     """:func:`build_clip_model` with the weights keys of ``MODEL.CLEARCLIP`` (``MODEL_NAME``,
-    ``PRETRAINED``, ``FORCE_QUICK_GELU``, ``WEIGHTS_CACHE_DIR``, ``PRETRAINED_SHA256``)."""
+    ``PRETRAINED``, ``FORCE_QUICK_GELU``, ``WEIGHTS_CACHE_DIR``, ``PRETRAINED_SHA256``, ``PRECISION``)."""
     cc = cfg.MODEL.CLEARCLIP
     return build_clip_model(
         cc.MODEL_NAME,
@@ -76,6 +82,7 @@ def build_clip_model_from_config(cfg) -> Tuple[nn.Module, Callable, str]:
         force_quick_gelu=cc.FORCE_QUICK_GELU,
         cache_dir=cc.WEIGHTS_CACHE_DIR or None,
         expected_sha256=cc.PRETRAINED_SHA256,
+        precision=cc.PRECISION,
     )
 
 

@@ -31,6 +31,7 @@ import torch
 
 from ...utils.io import atomic_write
 from .loading import weights_identity
+from .precision import WEIGHT_DTYPES
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,10 @@ class TextEmbeddingCache:
         cc = cfg.MODEL.CLEARCLIP
         if not cc.CACHE_DIR:
             return None
-        return cls(cc.CACHE_DIR, model_identity(arch, cc.PRETRAINED, cc.FORCE_QUICK_GELU))
+        identity = model_identity(arch, cc.PRETRAINED, cc.FORCE_QUICK_GELU)
+        if cc.PRECISION in WEIGHT_DTYPES:  # the text tower runs in these weights too (other keys unchanged)
+            identity["weights_precision"] = cc.PRECISION
+        return cls(cc.CACHE_DIR, identity)
 
     def path(self, key: str) -> str:
         return os.path.join(self.directory, f"{key}.safetensors")

@@ -171,6 +171,29 @@ def encode_whole_image(
     return features, (image.shape[-2] // patch_size, image.shape[-1] // patch_size)
 
 
+def whole_image_logits(
+    features: torch.Tensor, grid: Tuple[int, int], text_embeddings: torch.Tensor, input_size: Optional[Tuple[int, int]] = None
+) -> torch.Tensor:
+    """Whole-image mode: [Q, grid_h, grid_w] patch-grid cosines (``WHOLE_IMAGE_UPSAMPLE direct``),
+    or, given the resized ``input_size``, bilinearly upsampled to it first (``via_input``, the
+    first of NACLIP's two upsampling steps; the second is to the output size)."""
+    logits = patch_logits(features, grid, text_embeddings)
+    if input_size is None:
+        return logits
+    return F.interpolate(logits[None], size=tuple(input_size), mode="bilinear", align_corners=False)[0]
+
+
+def drop_small_classes(probs: torch.Tensor, area_threshold: float) -> torch.Tensor:
+    """SCLIP's ``area_thd`` on [K, H, W] probabilities: classes 1..K-1 whose argmax area is not
+    above ``area_threshold`` times the total argmax area of classes 1..K-1 get probability 0
+    (class 0, the background, is never dropped; nothing is renormalised). In place; returned."""
+    num_classes = probs.shape[0]
+    area = torch.bincount(probs.argmax(dim=0).flatten(), minlength=num_classes)[1:]
+    keep = (area > area_threshold * area.sum()).to(probs.dtype)
+    probs[1:] *= keep.view(-1, 1, 1)
+    return probs
+
+
 def logits_to_probabilities(
     logits: torch.Tensor,
     out_size: Tuple[int, int],
@@ -179,24 +202,37 @@ def logits_to_probabilities(
     num_classes: int,
     prob_threshold: float,
     refine: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    refine_logits: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    area_threshold: float = 0.0,
+    renormalize: bool = False,
 ) -> torch.Tensor:
     """Per-class probabilities at the output size, with the background threshold applied.
+
+    The steps, in the order of the authors' code (SCLIP, NACLIP):
+    upsample to the output size -> ``refine_logits`` (PAMR on every query's cosines) ->
+    ``softmax(logit_scale * logits)`` over queries -> max over each class's synonyms ->
+    ``refine`` (masks) -> area threshold -> background threshold decided on the highest
+    probability -> renormalisation -> background channel raised where the threshold decided.
 
     Args:
         logits: [Q, h, w] averaged cosine similarities.
         out_size: (height, width) of the original image.
         query_to_class: [Q] int64 class index of each query.
-        prob_threshold: where the highest class probability is below it, the background
-            channel (class 0) is raised to the threshold so that argmax gives class 0; all
-            other values are the reference's probabilities.
-        refine: optional [K, H, W] -> [K, H, W] refinement of the probabilities, applied
-            before the threshold (``MODEL.CLEARCLIP.REFINE``).
+        prob_threshold: where the highest class probability (after the area threshold, before
+            the renormalisation) is below it, the background channel (class 0) is raised to
+            ``max(prob_threshold, highest probability)`` so that argmax gives class 0 (argmax
+            returns the first of equal values); all other values are the authors' probabilities.
+        refine: optional [K, H, W] -> [K, H, W] refinement of the probabilities (``REFINE masks``).
+        refine_logits: optional [Q, H, W] -> [Q, H, W] refinement of the cosines (``REFINE pamr``).
+        area_threshold: ``AREA_THRESHOLD`` (0 = off), see :func:`drop_small_classes`.
+        renormalize: divide by the sum over classes (``RENORMALIZE``).
     Returns:
-        [num_classes, *out_size] float32: ``softmax(logit_scale * logits)`` over queries,
-        max over the synonyms of each class.
+        [num_classes, *out_size] float32.
     """
     if tuple(logits.shape[-2:]) != tuple(out_size):
         logits = F.interpolate(logits[None], size=out_size, mode="bilinear", align_corners=False)[0]
+    if refine_logits is not None:
+        logits = refine_logits(logits)
     probs = (logits * logit_scale).softmax(dim=0)
     if probs.shape[0] != num_classes:
         index = query_to_class.to(probs.device).view(-1, 1, 1).expand_as(probs)
@@ -205,7 +241,12 @@ def logits_to_probabilities(
         )
     if refine is not None:
         probs = refine(probs)
-    if prob_threshold > 0:
-        below = probs.max(dim=0).values < prob_threshold
-        probs[0] = torch.where(below, torch.full_like(probs[0], prob_threshold), probs[0])
+    if area_threshold > 0:
+        probs = drop_small_classes(probs, area_threshold)
+    below = probs.max(dim=0).values < prob_threshold if prob_threshold > 0 else None
+    if renormalize:
+        probs = probs / probs.sum(dim=0, keepdim=True)
+    if below is not None:
+        raised = probs.max(dim=0).values.clamp(min=prob_threshold)
+        probs[0] = torch.where(below, raised, probs[0])
     return probs

@@ -234,6 +234,9 @@ class MaskModelRefiner(nn.Module):
     ``DefaultPredictor`` does) and in its own channel order; it predicts at the output size.
     """
 
+    # What it refines (see refinement/__init__.py): the per-class probabilities [K, H, W].
+    refines = "probabilities"
+
     def __init__(self, model: nn.Module, model_format: str, min_size: int, max_size: int, input_format: str, min_score: float):
         super().__init__()
         from detectron2.data import transforms as T

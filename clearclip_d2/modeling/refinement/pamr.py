@@ -67,7 +67,7 @@ def pamr(probs: torch.Tensor, image: torch.Tensor, iterations: int, dilations: S
     """Pixel-adaptive mask refinement.
 
     Args:
-        probs: [K, H, W] per-class scores (probabilities here).
+        probs: [K, H, W] per-class (or per-query) scores: logits or probabilities.
         image: [C, H, W] float image of the same size (e.g. RGB 0-255).
         iterations: how often every pixel takes its neighbours' weighted average.
         dilations: neighbourhood dilations in pixels.
@@ -91,7 +91,15 @@ def pamr(probs: torch.Tensor, image: torch.Tensor, iterations: int, dilations: S
 
 
 class PAMRRefiner(nn.Module):
-    """``REFINE pamr``: PAMR guided by the image the model saw, resized to the output size."""
+    """``REFINE pamr``: PAMR guided by the image the model saw, resized to the output size.
+
+    It refines the cosine logits of every query (``refines = "logits"``), before the logit
+    scale and the softmax, where SCLIP's and NACLIP's authors run it. Their guide is the
+    CLIP-normalised image; this one is the uint8 image: PAMR's weights do not depend on a
+    per-channel affine change of the guide (up to its 1e-8 epsilon), so both give the same.
+    """
+
+    refines = "logits"
 
     def __init__(self, iterations: int = PAMR_DEFAULT_ITERATIONS, dilations: Sequence[int] = PAMR_DEFAULT_DILATIONS):
         super().__init__()
@@ -99,7 +107,8 @@ class PAMRRefiner(nn.Module):
         self.dilations = tuple(int(d) for d in dilations)
 
     def forward(self, probs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """probs [K, H, W]; image uint8 [3, h, w] (channel order does not matter) -> [K, H, W]."""
+        """probs [C, H, W] (cosine logits of C queries); image uint8 [3, h, w] (channel order
+        does not matter) -> [C, H, W]."""
         guide = image.to(probs.device).float()
         if tuple(guide.shape[-2:]) != tuple(probs.shape[-2:]):
             guide = F.interpolate(guide[None], size=probs.shape[-2:], mode="bilinear", align_corners=False)[0]
