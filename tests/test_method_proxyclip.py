@@ -17,7 +17,7 @@ import reference_clearclip
 import reference_proxyclip as ref
 from conftest import FEW_TEMPLATES, tiny_cfg
 from test_modeling_exactness import CLASSES, QUERIES, QUERY_IDX, smooth_image
-from test_reference_proxyclip import random_image
+from test_reference_proxyclip import random_image, tiny_vfm
 from clearclip_d2.config import check_clearclip_config
 from clearclip_d2.data.transforms import ResizeShortLongEdge
 from clearclip_d2.modeling.methods.proxyclip import (
@@ -34,7 +34,7 @@ TINY_VFM = "clearclip_test_dino_tiny_patch8"
 
 def clearclip_test_dino_tiny_patch8(pretrained=False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None,
                                     **kwargs):
-    """DINO's layout at a tiny size: patch 8, pretrained grid 7 x 7, 2 blocks of width 32."""
+    """test_reference_proxyclip.tiny_vfm's architecture (DINO's layout, patch 8, pretrained grid 7 x 7) in timm's registry."""
     return VisionTransformer(img_size=56, patch_size=8, embed_dim=32, depth=2, num_heads=2, **kwargs)
 
 
@@ -47,8 +47,7 @@ def vfm_file(tmp_path_factory):
     """(reference VFM, safetensors file of its weights)."""
     from safetensors.torch import save_file
 
-    torch.manual_seed(7)
-    vfm = VisionTransformer(img_size=56, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=0).eval()
+    vfm = tiny_vfm()
     path = str(tmp_path_factory.mktemp("vfm") / "tiny_dino.safetensors")
     save_file({k: v.contiguous() for k, v in vfm.state_dict().items()}, path)
     return vfm, path
