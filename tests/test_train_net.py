@@ -37,21 +37,23 @@ def free_port():
         return s.getsockname()[1]
 
 
-def train_net_command(root, output_dir, *extra, num_gpus=1, model_files=None, flags=(), templates=FEW_TEMPLATES):
-    """(command, environment) of ``train_net.py --eval-only`` on the tiny model."""
+def train_net_command(root, output_dir, *extra, num_gpus=1, model_files=None, flags=(), templates=FEW_TEMPLATES,
+                      config=CONFIG):
+    """(command, environment) of ``train_net.py --eval-only --config-file config`` on the tiny model."""
     model_json, checkpoint = model_files
     env = dict(os.environ, DETECTRON2_DATASETS=str(root), PYTHONWARNINGS="ignore")
     dist = ["--dist-url", f"tcp://127.0.0.1:{free_port()}"] if num_gpus > 1 else []
-    cmd = [sys.executable, TRAIN_NET, "--eval-only", "--num-gpus", str(num_gpus), *dist, *flags, "--config-file", CONFIG,
+    cmd = [sys.executable, TRAIN_NET, "--eval-only", "--num-gpus", str(num_gpus), *dist, *flags, "--config-file", config,
            "MODEL.CLEARCLIP.MODEL_NAME", model_json, "MODEL.CLEARCLIP.PRETRAINED", checkpoint,
            "MODEL.CLEARCLIP.PROMPT_TEMPLATES", repr(list(templates)), "OUTPUT_DIR", str(output_dir),
            "DATALOADER.NUM_WORKERS", "1", *extra]
     return cmd, env
 
 
-def run_train_net(root, output_dir, *extra, num_gpus=1, model_files=None, check=True, flags=(), templates=FEW_TEMPLATES):
+def run_train_net(root, output_dir, *extra, num_gpus=1, model_files=None, check=True, flags=(), templates=FEW_TEMPLATES,
+                  config=CONFIG):
     cmd, env = train_net_command(root, output_dir, *extra, num_gpus=num_gpus, model_files=model_files, flags=flags,
-                                 templates=templates)
+                                 templates=templates, config=config)
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
