@@ -36,6 +36,20 @@ def add_clearclip_config(cfg: CN) -> None:
     # the last block changed by the three switches above (ClearCLIP, CLIP, MaskCLIP, SCLIP, NACLIP);
     # other methods register their own encoder (see modeling/methods/__init__.py).
     cfg.MODEL.CLEARCLIP.ENCODER = "decomposed"
+    # ProxyCLIP (ENCODER "proxyclip", docs/METHODS.md#proxyclip): the attention of CLIP's last block
+    # comes from a vision foundation model (VFM), a timm ViT. MODEL_NAME: its timm name (DINO:
+    # vit_{small,base}_patch{8,16}_224.dino; DINOv2: vit_{small,base,large}_patch14[_reg4]_dinov2.lvd142m).
+    # PRETRAINED: "timm" = timm's own weights (downloaded by timm), a local file read as tensors
+    # only (.safetensors, or a torch.save state dict in timm's key names), or "" = random (tests).
+    # WINDOW_MULTIPLE: windows are padded (centred, zeros) to a multiple of this many pixels (the
+    # authors' 56 for every VFM). BETA, GAMMA: the proxy similarities s become (s - mean(s) * BETA)
+    # * GAMMA, the mean taken per window, and the negative ones are masked.
+    cfg.MODEL.CLEARCLIP.PROXY = CN()
+    cfg.MODEL.CLEARCLIP.PROXY.MODEL_NAME = constants.PROXY_MODEL_NAME
+    cfg.MODEL.CLEARCLIP.PROXY.PRETRAINED = constants.PROXY_PRETRAINED_FROM_TIMM
+    cfg.MODEL.CLEARCLIP.PROXY.WINDOW_MULTIPLE = constants.PROXY_WINDOW_MULTIPLE
+    cfg.MODEL.CLEARCLIP.PROXY.BETA = constants.PROXY_BETA
+    cfg.MODEL.CLEARCLIP.PROXY.GAMMA = constants.PROXY_GAMMA
     # Standard deviation (in patches) of NACLIP's Gaussian neighbourhood prior (ATTENTION "naclip" only).
     cfg.MODEL.CLEARCLIP.NACLIP_GAUSSIAN_STD = constants.NACLIP_GAUSSIAN_STD
     # Cosine similarities are multiplied by this before the softmax over queries.

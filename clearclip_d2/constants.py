@@ -31,6 +31,17 @@ POS_EMBED_INTERP_OFFSET = 0.1
 # neighbourhood prior added to the k-k attention logits (``gaussian_std=5`` in the authors' code).
 NACLIP_GAUSSIAN_STD = 5.0
 
+# ProxyCLIP (Lan et al., ECCV 2024; MODEL.CLEARCLIP.PROXY.*): the authors' vision foundation model
+# (DINO ViT-B/8, here timm's copy of its weights), their adaptive normalisation of the proxy
+# similarities, (s - mean(s) * beta) * gamma, and the multiple every window is padded to
+# (56 = lcm(8, 14), the patches of DINO /8 and DINOv2 /14, hard-coded in their forward_slide).
+PROXY_MODEL_NAME = "vit_base_patch8_224.dino"
+# MODEL.CLEARCLIP.PROXY.PRETRAINED value for "timm's own pretrained weights" (downloaded by timm).
+PROXY_PRETRAINED_FROM_TIMM = "timm"
+PROXY_BETA = 1.2
+PROXY_GAMMA = 3.0
+PROXY_WINDOW_MULTIPLE = 56
+
 # MODEL.CLEARCLIP.ATTENTION names of the last block's attention variants (the functions are
 # ``modeling/clip/decomposition.py``'s ATTENTION_VARIANTS, keyed by these names).
 ATTENTION_VARIANT_NAMES = ("qk", "qq", "kk", "vv", "qq+kk", "identity", "naclip")

@@ -2,7 +2,9 @@
 
 The reference restates the authors' code; these tests pin the facts it relies on (DINO's
 forward on timm's modules, DINO's position-embedding interpolation is not timm's, the VFM's
-re-normalisation, proxy attention's masking) and the invariants of its output.
+re-normalisation, proxy attention's masking, the padding to 56). The whole pipeline (windows,
+whole-image mode, resize, synonyms, threshold) is compared with the plugin in
+tests/test_method_proxyclip.py.
 """
 
 import numpy as np
@@ -115,27 +117,6 @@ def test_proxy_attention_is_nan_when_the_mean_similarity_exceeds_one_over_beta(t
     assert torch.isnan(out).all()
 
 
-SLIDE_CASES = [
-    # name, (height, width), crop, stride
-    ("crop multiple of 56", (96, 128), 56, 28),
-    ("crop padded to 56", (96, 128), 48, 32),
-    ("image smaller than crop", (40, 72), 64, 32),
-]
-
-
-@pytest.mark.parametrize("name, size, crop, stride", SLIDE_CASES, ids=[c[0] for c in SLIDE_CASES])
-def test_segment_gives_probabilities_per_pixel(tiny_clip, name, size, crop, stride):
-    model, _ = tiny_clip
-    queries = unit_queries(5, model.visual.output_dim)
-    probs, pred = ref.segment(model, tiny_vfm(), queries, list(range(5)), random_image(*size), crop=crop,
-                              stride=stride, resize=False)
-    assert probs.shape == (5,) + size and pred.shape == size
-    assert torch.isfinite(probs).all() and (probs >= 0).all()
-    torch.testing.assert_close(probs.sum(0), torch.ones(size))
-    assert torch.equal(pred, probs.argmax(0))
-    assert len(pred.unique()) > 1  # the tiny random models do separate the image
-
-
 def test_windows_are_padded_to_a_multiple_of_56(tiny_clip):
     """A 48-pixel window is padded to 56 (VFM grid 7); padding only to the VFM's patch (8)
     would give grid 6, other logits."""
@@ -146,34 +127,3 @@ def test_windows_are_padded_to_a_multiple_of_56(tiny_clip):
     by_patch = ref.segment(model, tiny_vfm(), queries, list(range(4)), image, crop=48, stride=24, resize=False,
                            pad_multiple=8)[0]
     assert (authors - by_patch).abs().max() > 1e-3
-
-
-def test_default_pipeline_resizes_to_the_short_side_and_returns_the_original_size(tiny_clip):
-    model, _ = tiny_clip
-    queries = unit_queries(3, model.visual.output_dim)
-    probs, pred = ref.segment(model, tiny_vfm(), queries, [0, 1, 2], random_image(50, 90))
-    assert probs.shape == (3, 50, 90) and pred.shape == (50, 90)
-    torch.testing.assert_close(probs.sum(0), torch.ones(50, 90))
-
-
-def test_whole_image_mode(tiny_clip):
-    model, _ = tiny_clip
-    queries = unit_queries(3, model.visual.output_dim)
-    probs, pred = ref.segment(model, tiny_vfm(), queries, [0, 1, 2], random_image(112, 112), crop=0, resize=False)
-    assert probs.shape == (3, 112, 112) and torch.isfinite(probs).all()
-
-
-def test_synonyms_take_the_max_without_renormalising_and_the_threshold_sets_class_0(tiny_clip):
-    model, _ = tiny_clip
-    queries = unit_queries(4, model.visual.output_dim)
-    image = random_image(64, 96)
-    settings = dict(crop=56, stride=28, resize=False)
-    per_query, _ = ref.segment(model, tiny_vfm(), queries, [0, 1, 2, 3], image, **settings)
-    probs, pred = ref.segment(model, tiny_vfm(), queries, [0, 1, 1, 2], image, **settings)
-    torch.testing.assert_close(probs, torch.stack([per_query[0], per_query[1:3].max(0).values, per_query[3]]))
-    assert (probs.sum(0) < 1 - 1e-6).any()
-    threshold = float(probs.max(0).values.median())
-    _, thresholded = ref.segment(model, tiny_vfm(), queries, [0, 1, 1, 2], image, prob_thd=threshold, **settings)
-    below = probs.max(0).values < threshold
-    assert below.any() and (~below).any()
-    assert (thresholded[below] == 0).all() and torch.equal(thresholded[~below], pred[~below])

@@ -49,9 +49,10 @@ def train_net_command(root, output_dir, *extra, num_gpus=1, model_files=None, fl
     return cmd, env
 
 
-def run_train_net(root, output_dir, *extra, num_gpus=1, model_files=None, check=True, flags=(), templates=FEW_TEMPLATES):
+def run_train_net(root, output_dir, *extra, num_gpus=1, model_files=None, check=True, flags=(), templates=FEW_TEMPLATES,
+                  config=CONFIG):
     cmd, env = train_net_command(root, output_dir, *extra, num_gpus=num_gpus, model_files=model_files, flags=flags,
-                                 templates=templates)
+                                 templates=templates, config=config)
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]

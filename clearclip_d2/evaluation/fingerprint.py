@@ -7,8 +7,8 @@ mixed. The fingerprint covers:
   (:data:`RESULT_NEUTRAL_KEYS`), with the device type; the dataset name, its classes and
   ignore label; the content of ``CLASS_NAMES_FILE`` and of a model-config JSON; this package's
   version;
-* weights: the SHA-256 of the checkpoint file (``PRETRAINED`` and ``MODEL.WEIGHTS``), or the
-  open_clip tag, or "random";
+* weights: the SHA-256 of the checkpoint file (``PRETRAINED``, ProxyCLIP's ``PROXY.PRETRAINED``
+  and ``MODEL.WEIGHTS``), or the open_clip tag (timm's "timm"), or "random";
 * dataset: the names of its images and label maps, relative to their folders (so the dataset
   may move, e.g. to another ``DETECTRON2_DATASETS``, between runs).
 """
@@ -35,6 +35,7 @@ RESULT_NEUTRAL_KEYS = frozenset(
         "MODEL.CLEARCLIP.PRETRAINED_SHA256",
         # Stand for weights: the fingerprint holds the file hashes instead of the paths.
         "MODEL.CLEARCLIP.PRETRAINED",
+        "MODEL.CLEARCLIP.PROXY.PRETRAINED",
         "MODEL.WEIGHTS",
     }
 )
@@ -90,6 +91,9 @@ def weights_identity(cfg) -> Dict[str, str]:
         from ..modeling.clip.loading import resolve_architecture, weights_identity as clip_weights
 
         identity["MODEL.CLEARCLIP.PRETRAINED"] = clip_weights(resolve_architecture(cc.MODEL_NAME), cc.PRETRAINED)
+        if cc.ENCODER == "proxyclip":  # the VFM's weights: a file's hash, "timm" (timm's own) or random
+            vfm = cc.PROXY.PRETRAINED
+            identity["MODEL.CLEARCLIP.PROXY.PRETRAINED"] = f"sha256 {file_sha256(vfm)}" if os.path.isfile(vfm) else vfm or "random"
     if cfg.MODEL.WEIGHTS:
         weights = cfg.MODEL.WEIGHTS
         identity["MODEL.WEIGHTS"] = f"sha256 {file_sha256(weights)}" if os.path.isfile(weights) else weights

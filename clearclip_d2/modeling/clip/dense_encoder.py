@@ -160,7 +160,11 @@ class DenseCLIPEncoder(nn.Module):
 
     def project_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """``ln_post`` and the visual projection on every patch token; drops the class token."""
-        x = self.visual.ln_post(tokens[:, 1:])
+        return self.project(tokens[:, 1:])
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``ln_post`` and the visual projection on each of ``tokens``: [B, N, C] -> [B, N, D]."""
+        x = self.visual.ln_post(tokens)
         if self.visual.proj is not None:
             x = x @ self.visual.proj
         return x
