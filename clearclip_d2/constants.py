@@ -129,3 +129,16 @@ PAPER_MIOU = {
 # encoder's patch (ClearCLIP); "none" encodes it as it is, the patch embedding truncating it
 # (SCLIP, NACLIP and the methods built on them).
 WINDOW_PADDINGS = ("centred", "none")
+
+# SC-CLIP (MODEL.CLEARCLIP.SC_CLIP, ENCODER "sc_clip"): the authors' defaults for ViT-B/16
+# (SuleBai/SC-CLIP at 0417ba9, clip/model.py). Layer indices count the outputs of blocks
+# 1..L-1 from 0 (index i = the output of block i + 1); the multi-level range is [start, end).
+SC_CLIP_PRE_ADJUST_INDEX = 8
+SC_CLIP_POST_ADJUST_INDEX = 3
+SC_CLIP_MULTI_START_INDEX = 3
+SC_CLIP_MULTI_END_INDEX = 10
+SC_CLIP_RES_CLS = 0.3
+SC_CLIP_BETA = 0.4
+SC_CLIP_ATTENTION_SHARPNESS = 3.0
+SC_CLIP_LOF_NEIGHBOURS = 30
+SC_CLIP_LOF_CONTAMINATION = 0.05
