@@ -142,10 +142,12 @@ def outlier_keep_map(outliers: torch.Tensor, grid_h: int, grid_w: int) -> torch.
     Token ``i`` sits at (``i // grid_h``, ``i % grid_h``), the authors' rule (right for square
     grids); a position outside the grid is refused, as their code fails there.
     """
+    if grid_h == grid_w:  # the rule is row-major order: no index to look at
+        return ~outliers.view(-1, 1, grid_h, grid_w)
     keep = outliers.new_ones((outliers.shape[0], grid_h, grid_w), dtype=torch.bool)
     window, index = outliers.nonzero(as_tuple=True)
     rows, cols = torch.div(index, grid_h, rounding_mode="floor"), index % grid_h
-    if grid_h != grid_w and len(index) and (int(rows.max()) >= grid_h or int(cols.max()) >= grid_w):
+    if len(index) and (int(rows.max()) >= grid_h or int(cols.max()) >= grid_w):
         raise ClearCLIPError(
             f"SC-CLIP: on a {grid_h}x{grid_w} patch grid an outlier token falls outside the grid under the "
             "authors' position rule (row = index // rows, column = index % rows; their code fails here too); "
