@@ -6,6 +6,7 @@ Probabilities within 1e-4 and the same argmax, except the background channel at 
 prediction to 0 and keep the probabilities).
 """
 
+import math
 import os
 
 import numpy as np
@@ -115,7 +116,8 @@ def test_lof_is_the_authors_per_window():
         expected = torch.zeros(64, dtype=torch.bool)
         expected[sc.lof_outliers(tokens[window])] = True
         assert torch.equal(flags[window], expected)
-    assert flags[1, 5] and flags[1, 40]
+    assert flags[1, 5] and flags[1, 40]  # the planted outliers
+    assert (flags.sum(dim=1) == math.ceil(64 * 0.05)).all()  # the contamination share
 
 
 def test_outlier_fix_is_the_authors_and_follows_their_positions_on_non_square_grids():
