@@ -36,6 +36,7 @@ Where the authors' code breaks (all their windows are 224 x 224, so it never doe
 """
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +77,7 @@ class SCCLIPSettings:
         )
 
 
-def check_sc_clip_settings(settings: SCCLIPSettings, num_layers: int = None) -> None:
+def check_sc_clip_settings(settings: SCCLIPSettings, num_layers: Optional[int] = None) -> None:
     """Refuse settings the encoder cannot run; ``num_layers`` (L-1, the blocks before the last;
     None = not known yet) bounds the layer indices."""
     s = settings
