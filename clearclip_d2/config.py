@@ -52,6 +52,28 @@ def add_clearclip_config(cfg: CN) -> None:
     cfg.MODEL.CLEARCLIP.PROXY.GAMMA = constants.PROXY_GAMMA
     # Standard deviation (in patches) of NACLIP's Gaussian neighbourhood prior (ATTENTION "naclip" only).
     cfg.MODEL.CLEARCLIP.NACLIP_GAUSSIAN_STD = constants.NACLIP_GAUSSIAN_STD
+    # SC-CLIP's encoder (ENCODER "sc_clip", modeling/methods/sc_clip.py; defaults: the authors' for
+    # ViT-B/16; ViT-L/14: PRE 16, POST 6, MULTI 8..19, RES_CLS 0.1). Layer indices count the outputs
+    # of blocks 1..L-1 from 0 (index i = block i + 1's output).
+    cfg.MODEL.CLEARCLIP.SC_CLIP = CN()
+    # Outlier-fixed tokens of this layer give the similarities that aggregate the tokens before
+    # the last block and steer its attention.
+    cfg.MODEL.CLEARCLIP.SC_CLIP.PRE_ADJUST_INDEX = constants.SC_CLIP_PRE_ADJUST_INDEX
+    # Tokens of this layer (not fixed) give the similarities that aggregate the last block's output.
+    cfg.MODEL.CLEARCLIP.SC_CLIP.POST_ADJUST_INDEX = constants.SC_CLIP_POST_ADJUST_INDEX
+    # Multi-level fusion: the sum of the layers [START, END) goes through the last block's attention too.
+    cfg.MODEL.CLEARCLIP.SC_CLIP.MULTI_START_INDEX = constants.SC_CLIP_MULTI_START_INDEX
+    cfg.MODEL.CLEARCLIP.SC_CLIP.MULTI_END_INDEX = constants.SC_CLIP_MULTI_END_INDEX
+    # Weight of the class token added back to the patch tokens after the last block's attention.
+    cfg.MODEL.CLEARCLIP.SC_CLIP.RES_CLS = constants.SC_CLIP_RES_CLS
+    # Cosine similarities below this are zeroed before they aggregate tokens.
+    cfg.MODEL.CLEARCLIP.SC_CLIP.BETA = constants.SC_CLIP_BETA
+    # The last block's similarity prior: (similarity - its mean) times this, negatives masked.
+    cfg.MODEL.CLEARCLIP.SC_CLIP.ATTENTION_SHARPNESS = constants.SC_CLIP_ATTENTION_SHARPNESS
+    # Local outlier factor of the last-but-one layer's patch tokens, per window: neighbours k
+    # (windows need at least k + 1 patches) and the share of tokens called outliers.
+    cfg.MODEL.CLEARCLIP.SC_CLIP.LOF_NEIGHBOURS = constants.SC_CLIP_LOF_NEIGHBOURS
+    cfg.MODEL.CLEARCLIP.SC_CLIP.LOF_CONTAMINATION = constants.SC_CLIP_LOF_CONTAMINATION
     # Cosine similarities are multiplied by this before the softmax over queries.
     cfg.MODEL.CLEARCLIP.LOGIT_SCALE = constants.LOGIT_SCALE
     # Pixels whose highest class probability is below this are predicted as class 0 (background);

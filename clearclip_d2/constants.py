@@ -161,3 +161,16 @@ WHOLE_IMAGE_UPSAMPLES = ("direct", "via_input")
 # MODEL.CLEARCLIP.CLASS_NAMES_FILE prefix naming a shipped list: "resources:sclip/voc21" =
 # resources/class_names/sclip/voc21.txt.
 CLASS_NAMES_RESOURCE_PREFIX = "resources:"
+
+# SC-CLIP (MODEL.CLEARCLIP.SC_CLIP, ENCODER "sc_clip"): the authors' defaults for ViT-B/16
+# (SuleBai/SC-CLIP at 0417ba9, clip/model.py). Layer indices count the outputs of blocks
+# 1..L-1 from 0 (index i = the output of block i + 1); the multi-level range is [start, end).
+SC_CLIP_PRE_ADJUST_INDEX = 8
+SC_CLIP_POST_ADJUST_INDEX = 3
+SC_CLIP_MULTI_START_INDEX = 3
+SC_CLIP_MULTI_END_INDEX = 10
+SC_CLIP_RES_CLS = 0.3
+SC_CLIP_BETA = 0.4
+SC_CLIP_ATTENTION_SHARPNESS = 3.0
+SC_CLIP_LOF_NEIGHBOURS = 30
+SC_CLIP_LOF_CONTAMINATION = 0.05

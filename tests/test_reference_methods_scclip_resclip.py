@@ -1,6 +1,8 @@
 """Smoke tests of the SC-CLIP and ResCLIP reference restatements (tests/reference_sc_clip.py,
 tests/reference_resclip.py) on a tiny random 5-block CLIP: their pieces against loops or closed
-forms, windows whose size is and is not a multiple of the patch, whole-image mode, thresholds."""
+forms, windows whose size is and is not a multiple of the patch, whole-image mode, thresholds.
+SC-CLIP's LOF, outlier positions and sliding windows are checked in tests/test_method_sc_clip.py
+(the plugin against the reference)."""
 
 import math
 import os
@@ -51,15 +53,6 @@ def check_output(probs, pred, num_classes, shape, sums_to_one=True):
 
 
 # ----------------------------------------------------------------------------- SC-CLIP pieces
-def test_lof_finds_planted_outliers_and_the_contamination_share():
-    rng = np.random.default_rng(1)
-    tokens = torch.from_numpy(rng.normal(size=(196, 8))).float()
-    tokens[[5, 77]] += 40.0  # two far points
-    outliers = sc.lof_outliers(tokens)
-    assert {5, 77} <= set(outliers.tolist())
-    assert len(outliers) == math.ceil(196 * 0.05) or len(outliers) == int(196 * 0.05)
-
-
 def test_mean_interpolation_matches_a_loop():
     rng = np.random.default_rng(2)
     fmap = torch.from_numpy(rng.normal(size=(1, 3, 5, 6))).float()
@@ -74,25 +67,7 @@ def test_mean_interpolation_matches_a_loop():
     assert torch.allclose(fixed, expected, atol=1e-6)
 
 
-def test_outlier_positions_use_the_authors_row_count():
-    rows, cols = sc.outlier_positions(torch.tensor([0, 5, 15]), 4, 4)
-    assert rows.tolist() == [0, 1, 3] and cols.tolist() == [0, 1, 3]
-    rows, cols = sc.outlier_positions(torch.tensor([9]), 4, 7)  # row-major would be (1, 2)
-    assert (rows.item(), cols.item()) == (2, 1)
-    with pytest.raises(ValueError, match="out of a 4x7 grid"):
-        sc.outlier_positions(torch.tensor([27]), 4, 7)  # 27 // 4 = 6 >= 4 rows
-
-
 # ----------------------------------------------------------------------------- SC-CLIP pipeline
-@pytest.mark.parametrize("crop,stride", [(224, 112), (200, 100)])
-def test_sc_clip_sliding_windows(deep_tiny, crop, stride):
-    model, queries = deep_tiny
-    image = random_image(240, 250)
-    probs, pred = sc.segment(model, queries, [0, 1, 2, 3], image, crop=crop, stride=stride, resize=False, **SC_SETTINGS)
-    check_output(probs, pred, 4, (240, 250))
-    assert torch.equal(pred, probs.argmax(0))
-
-
 def test_sc_clip_truncates_windows_that_are_not_patch_multiples(deep_tiny):
     model, _ = deep_tiny
     img = ref.preprocess(random_image(200, 200, seed=3))

@@ -23,7 +23,7 @@ tokens, since LayerNorm acts per token), so ``ln_post`` is applied to every patc
 all towers. The ClearCLIP authors' fork instead leaves such tokens without ``ln_post``.
 """
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -144,13 +144,19 @@ class DenseCLIPEncoder(nn.Module):
         result); False calls every block's own ``forward`` (open_clip's code path).
         """
         x = self.embed(images)
-        layout = self.token_layout(*images.shape[-2:])
+        for x in self.blocks_before_last(x, self.token_layout(*images.shape[-2:]), fused):
+            pass
+        return x
+
+    def blocks_before_last(self, x: torch.Tensor, layout: TokenLayout, fused: bool = True) -> Iterator[torch.Tensor]:
+        """Run the first L-1 blocks on embedded tokens ``x`` [B, 1 + N, C] (:meth:`embed`),
+        yielding each block's output [B, 1 + N, C] (``fused`` as in :meth:`forward_until_last_block`)."""
         for block, fusable in zip(self.visual.transformer.resblocks[:-1], self._fusable):
             if fused and fusable:
                 x = decomposed_block_forward(block, x, qk_attention, residual=True, ffn=True, layout=layout)
             else:
                 x = self.open_clip_block(block, x)
-        return x
+            yield x
 
     def open_clip_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """``block.forward`` on batch-first tokens, whatever layout the block takes."""
