@@ -268,3 +268,24 @@ def test_settings_take_the_pipelines_logit_scale_and_class_chunk(deep_files):
     cfg = tiny_cfg(deep_files, **resclip_overrides(64, 32), **{"MODEL.CLEARCLIP.CLASS_CHUNK": 7})
     settings = ResCLIPSettings.from_config(cfg)
     assert settings.logit_scale == LOGIT_SCALE and settings.class_chunk == 7 and settings.rcs_layers == (1, 2, 3)
+
+
+# ----------------------------------------------------------------------------- presets
+@needs_pipeline_keys
+def test_presets_are_the_authors_settings_per_benchmark():
+    """configs/methods/resclip.yaml (COCO-Stuff) and resclip/<benchmark>.yaml against the
+    reference's BENCHMARK_SETTINGS (the authors' configs)."""
+    from clearclip_d2.config import load_clearclip_config
+    from conftest import REPO_ROOT
+
+    for benchmark, settings in rc.BENCHMARK_SETTINGS.items():
+        name = "resclip.yaml" if benchmark == "coco_stuff" else f"resclip/{benchmark}.yaml"
+        cfg = load_clearclip_config(os.path.join(REPO_ROOT, "configs", "methods", name))
+        cc, res = cfg.MODEL.CLEARCLIP, cfg.MODEL.CLEARCLIP.RESCLIP
+        expected = {"crop": 224, "prob_thd": 0.0, **settings}
+        assert dict(
+            short_side=cfg.INPUT.MIN_SIZE_TEST, crop=cc.SLIDE_CROP, prob_thd=cc.PROB_THRESHOLD, temp_thd=res.FIRST_PASS_THRESHOLD,
+            rcs_weights=tuple(res.RCS_WEIGHTS), sfr_weights=tuple(res.SFR_WEIGHTS),
+        ) == expected, name
+        assert (cc.ENCODER, cc.LOGIT_SCALE, cc.WINDOW_PADDING, cc.RENORMALIZE, cc.REFINE) == ("resclip", 40.0, "none", True, "none")
+        assert tuple(res.RCS_LAYERS) == rc.RCS_LAYERS and cc.SLIDE_STRIDE == 112 and cfg.INPUT.MAX_SIZE_TEST == 2048
