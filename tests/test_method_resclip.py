@@ -124,7 +124,7 @@ def assert_matches(probs, ref_probs, ref_pred, prob_thd=0.0):
 
 
 # ----------------------------------------------------------------------------- pieces
-def test_feedback_matrix_is_the_authors(deep_clip):
+def test_feedback_matrix_is_the_authors():
     rng = np.random.default_rng(3)
     for shape in [(2, 3), (5, 7), (1, 4)]:
         classes = torch.from_numpy(rng.integers(0, 3, shape))
@@ -155,7 +155,7 @@ def test_batched_windows_equal_one_at_a_time(deep_files, deep_clip):
     model, _ = deep_clip
     text = reference_text(deep_clip, CLASSES)
     encoder = build(deep_files, **resclip_overrides(64, 32)).encoder
-    windows = torch.stack([ref.preprocess(random_image(64, 80, seed)) [0] for seed in (6, 7, 8)])
+    windows = torch.stack([ref.preprocess(random_image(64, 80, seed))[0] for seed in (6, 7, 8)])
     with torch.no_grad():
         batched = encoder(windows, text_embeddings=text)
         single = torch.cat([encoder(w[None], text_embeddings=text) for w in windows])

@@ -57,6 +57,7 @@ from ..clip.decomposition import (
     TokenLayout,
     check_decomposable_block,
     decomposed_block_forward,
+    is_standard_block,
     neighbourhood_prior,
     qk_attention,
 )
@@ -202,7 +203,9 @@ def blur_rows(matrix: torch.Tensor, std: float) -> torch.Tensor:
     return F.conv1d(matrix[:, None], kernel.view(1, 1, -1), padding=taps // 2)[:, 0]
 
 
-def feedback_matrix(classes: torch.Tensor, std: float, delete_same_entity: bool, num_prefix_tokens: int = 1) -> torch.Tensor:
+def feedback_matrix(
+    classes: torch.Tensor, std: float, delete_same_entity: bool, num_prefix_tokens: int = 1
+) -> torch.Tensor:
     """``generate_attention_sfr``: [h, w] patch classes -> [P + N, P + N] float32 (P prefix
     tokens with zero rows and columns): 1 between patches of one class (``delete_same_entity``:
     times ``exp(-steps / max_steps)`` where the straight path leaves the class), rows blurred by
@@ -224,6 +227,7 @@ class ResCLIPEncoder(DenseCLIPEncoder):
     uses_text = True
 
     def __init__(self, visual: nn.Module, settings: ResCLIPSettings):
+        # The parent's last-block switches go unused: forward runs the last block itself.
         super().__init__(visual, attention="kk", residual=False, ffn=False)
         blocks = visual.transformer.resblocks
         check_rcs_layers(settings.rcs_layers, len(blocks) - 1)
@@ -239,7 +243,9 @@ class ResCLIPEncoder(DenseCLIPEncoder):
         """images [B, 3, h, w] CLIP-normalised, text_embeddings [Q, D] unit rows (all queries)
         -> [B, (h // p) * (w // p), D] second-pass patch features."""
         if text_embeddings is None:
-            raise ClearCLIPError("ENCODER resclip needs the text embeddings: call it as encoder(images, text_embeddings=...)")
+            raise ClearCLIPError(
+                "ENCODER resclip needs the text embeddings: call it as encoder(images, text_embeddings=...)"
+            )
         layout = self.token_layout(*images.shape[-2:])
         x, rcs = self.tokens_and_rcs(images, layout)
         block = self.visual.transformer.resblocks[-1]
@@ -251,13 +257,10 @@ class ResCLIPEncoder(DenseCLIPEncoder):
             return self.project_tokens(block.ls_1(merge_heads(block.attn, heads)))
 
         classes = self.first_pass_classes(last_block(), images, text_embeddings, layout)
-        sfr = torch.stack(
-            [
-                feedback_matrix(c, self.settings.gaussian_std, self.settings.delete_same_entity, layout.num_prefix_tokens)
-                for c in classes
-            ]
-        )
-        return last_block(sfr.to(k.device))
+        s = self.settings
+        prefix = layout.num_prefix_tokens
+        sfr = torch.stack([feedback_matrix(c, s.gaussian_std, s.delete_same_entity, prefix) for c in classes])
+        return last_block(sfr)
 
     def tokens_and_rcs(self, images: torch.Tensor, layout: TokenLayout) -> Tuple[torch.Tensor, torch.Tensor]:
         """Tokens entering the last block [B, N, C] and the mean attention map of ``rcs_layers``
@@ -269,7 +272,7 @@ class ResCLIPEncoder(DenseCLIPEncoder):
                 recorded: List[torch.Tensor] = []
                 x = decomposed_block_forward(block, x, recording_qk_attention(recorded), True, True, layout)
                 maps[index] = recorded[0]
-            elif self._fusable[index]:
+            elif is_standard_block(block):
                 x = decomposed_block_forward(block, x, qk_attention, True, True, layout)
             else:
                 x = self.open_clip_block(block, x)
@@ -293,12 +296,15 @@ class ResCLIPEncoder(DenseCLIPEncoder):
         for window_features, image in zip(features, images):
 
             def chunk_logits(chunk: torch.Tensor) -> torch.Tensor:
-                logits = F.interpolate(patch_logits(window_features, grid, chunk)[None], size=size, mode="bilinear", align_corners=False)[0]
+                logits = patch_logits(window_features, grid, chunk)[None]
+                logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)[0]
                 if s.first_pass_pamr_iterations > 0:
                     logits = pamr(logits, image, s.first_pass_pamr_iterations, s.first_pass_pamr_dilations)
                 return logits
 
-            labels, _ = chunked_labels(chunk_logits, text, size, s.logit_scale, queries, s.first_pass_threshold, s.class_chunk)
+            labels, _ = chunked_labels(
+                chunk_logits, text, size, s.logit_scale, queries, s.first_pass_threshold, s.class_chunk
+            )
             classes.append(patch_modes(labels, grid, self.patch_size))
         return torch.stack(classes)
 
