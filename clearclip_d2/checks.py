@@ -179,3 +179,39 @@ def check_mask_min_score(min_score: float) -> None:
     """``MASK_MIN_SCORE`` in [0, 1]."""
     if not 0.0 <= float(min_score) <= 1.0:
         raise ClearCLIPError(f"MODEL.CLEARCLIP.MASK_MIN_SCORE {min_score} must be in [0, 1]")
+
+
+# --------------------------------------------------------------------------- ResCLIP
+def check_resclip(resclip) -> None:
+    """``MODEL.CLEARCLIP.RESCLIP``: two (tau, lambda) pairs with lambda in [0, 1], a first-pass
+    threshold in [0, 1], a positive Gaussian std, first-pass PAMR iterations >= 0 with positive
+    dilations, and RCS layers (:func:`check_rcs_layers`)."""
+    key = "MODEL.CLEARCLIP.RESCLIP"
+    for name in ("RCS_WEIGHTS", "SFR_WEIGHTS"):
+        pair = list(getattr(resclip, name))
+        if len(pair) != 2 or not 0.0 <= float(pair[1]) <= 1.0:
+            raise ClearCLIPError(f"{key}.{name} {pair} must be [tau, lambda] with lambda in [0, 1]")
+    if not 0.0 <= float(resclip.FIRST_PASS_THRESHOLD) <= 1.0:
+        raise ClearCLIPError(f"{key}.FIRST_PASS_THRESHOLD {resclip.FIRST_PASS_THRESHOLD} must be in [0, 1]")
+    if not float(resclip.GAUSSIAN_STD) > 0:
+        raise ClearCLIPError(f"{key}.GAUSSIAN_STD {resclip.GAUSSIAN_STD} must be > 0 (patches)")
+    dilations = list(resclip.FIRST_PASS_PAMR_DILATIONS)
+    if int(resclip.FIRST_PASS_PAMR_ITERATIONS) < 0 or not dilations or any(int(d) < 1 for d in dilations):
+        raise ClearCLIPError(
+            f"{key}.FIRST_PASS_PAMR_ITERATIONS {resclip.FIRST_PASS_PAMR_ITERATIONS} must be >= 0 (0 = off) and "
+            f"FIRST_PASS_PAMR_DILATIONS {dilations} a non-empty list of positive pixel counts"
+        )
+    check_rcs_layers(resclip.RCS_LAYERS)
+
+
+def check_rcs_layers(layers: Sequence[int], blocks_before_last: Optional[int] = None) -> None:
+    """``MODEL.CLEARCLIP.RESCLIP.RCS_LAYERS``: non-empty, each >= 0 and (if ``blocks_before_last``
+    is given, when the model is built) one of the blocks before the last."""
+    layers = [int(i) for i in layers]
+    limit = blocks_before_last if blocks_before_last is not None else float("inf")
+    if not layers or any(not 0 <= i < limit for i in layers):
+        valid = f"0..{blocks_before_last - 1}" if blocks_before_last is not None else "indices >= 0"
+        raise ClearCLIPError(
+            f"MODEL.CLEARCLIP.RESCLIP.RCS_LAYERS {layers} must be a non-empty list of blocks before the last "
+            f"({valid}, 0-based); set it for this MODEL_NAME"
+        )

@@ -74,6 +74,27 @@ def add_clearclip_config(cfg: CN) -> None:
     # (windows need at least k + 1 patches) and the share of tokens called outliers.
     cfg.MODEL.CLEARCLIP.SC_CLIP.LOF_NEIGHBOURS = constants.SC_CLIP_LOF_NEIGHBOURS
     cfg.MODEL.CLEARCLIP.SC_CLIP.LOF_CONTAMINATION = constants.SC_CLIP_LOF_CONTAMINATION
+    # ENCODER "resclip" (ResCLIP, CVPR 2025; modeling/methods/resclip.py). Its last block runs twice
+    # with NACLIP's k-k attention and Gaussian prior, no residual, no FFN: a first pass segments each
+    # window, whose segmentation then steers the second pass's attention. The first pass uses
+    # LOGIT_SCALE and CLASS_CHUNK of the pipeline.
+    cfg.MODEL.CLEARCLIP.RESCLIP = CN()
+    # 0-based blocks whose q-k attention maps are averaged (residual cross-correlation, RCS);
+    # each must come before the last block.
+    cfg.MODEL.CLEARCLIP.RESCLIP.RCS_LAYERS = list(constants.RESCLIP_RCS_LAYERS)
+    # (tau, lambda): last-block attention a = tau * ((1 - lambda) * a + lambda * RCS) after the softmax.
+    cfg.MODEL.CLEARCLIP.RESCLIP.RCS_WEIGHTS = list(constants.RESCLIP_RCS_WEIGHTS)
+    # (tau, lambda): logits a = tau * ((1 - lambda) * a + lambda * SFR) before the softmax, second pass.
+    cfg.MODEL.CLEARCLIP.RESCLIP.SFR_WEIGHTS = list(constants.RESCLIP_SFR_WEIGHTS)
+    # First-pass probability below which a pixel counts as query 0 (the authors' temp_thd).
+    cfg.MODEL.CLEARCLIP.RESCLIP.FIRST_PASS_THRESHOLD = constants.RESCLIP_FIRST_PASS_THRESHOLD
+    # Std (patches) of the Gaussian prior of the last block and of the feedback's 1-D blur.
+    cfg.MODEL.CLEARCLIP.RESCLIP.GAUSSIAN_STD = constants.NACLIP_GAUSSIAN_STD
+    # Decay the feedback between patches whose straight path leaves their class (delete_same_entity).
+    cfg.MODEL.CLEARCLIP.RESCLIP.DELETE_SAME_ENTITY = True
+    # PAMR of the first pass's logits on each window (0 iterations = off): iterations, dilations (pixels).
+    cfg.MODEL.CLEARCLIP.RESCLIP.FIRST_PASS_PAMR_ITERATIONS = constants.RESCLIP_FIRST_PASS_PAMR_ITERATIONS
+    cfg.MODEL.CLEARCLIP.RESCLIP.FIRST_PASS_PAMR_DILATIONS = list(constants.RESCLIP_FIRST_PASS_PAMR_DILATIONS)
     # Cosine similarities are multiplied by this before the softmax over queries.
     cfg.MODEL.CLEARCLIP.LOGIT_SCALE = constants.LOGIT_SCALE
     # Pixels whose highest class probability is below this are predicted as class 0 (background);

@@ -174,3 +174,18 @@ SC_CLIP_BETA = 0.4
 SC_CLIP_ATTENTION_SHARPNESS = 3.0
 SC_CLIP_LOF_NEIGHBOURS = 30
 SC_CLIP_LOF_CONTAMINATION = 0.05
+
+# ---------------------------------------------------------------------------- ResCLIP
+# ResCLIP (Yang et al., CVPR 2025; github.com/yvhangyang/ResCLIP at 0e085f7), MODEL.CLEARCLIP.RESCLIP.*
+# defaults: its COCO-Stuff settings (configs/cfg_coco_stuff164k.py, clip/model.py). Blocks whose
+# attention maps are averaged for the residual cross-correlation (0-based: blocks 6-9 of ViT-B/16,
+# hard-coded for every backbone in the authors' code).
+RESCLIP_RCS_LAYERS = (5, 6, 7, 8)
+# (tau, lambda) of the residual cross-correlation (RCS) and of the semantic feedback (SFR) mixes.
+RESCLIP_RCS_WEIGHTS = (2.0, 0.4)
+RESCLIP_SFR_WEIGHTS = (1.8, 0.7)
+# First-pass probability below which a pixel counts as query 0 in the feedback ("temp_thd").
+RESCLIP_FIRST_PASS_THRESHOLD = 0.11
+# PAMR of the first pass (always on in the authors' code): iterations and dilations in pixels.
+RESCLIP_FIRST_PASS_PAMR_ITERATIONS = 10
+RESCLIP_FIRST_PASS_PAMR_DILATIONS = (8, 16)

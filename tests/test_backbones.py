@@ -83,7 +83,7 @@ def test_shipped_config_builds_and_runs_on_the_meta_device(config, monkeypatch):
     with torch.device("meta"):
         model = open_clip.create_model(arch, pretrained=None, device="meta", force_quick_gelu=quick_gelu)
     encoder = DenseCLIPEncoder(model.visual, cc.ATTENTION, cc.RESIDUAL, cc.FFN, cc.NACLIP_GAUSSIAN_STD)
-    crop = cc.SLIDE_CROP or 224  # whole-image presets: any size
+    crop = cc.SLIDE_CROP or cfg.INPUT.MIN_SIZE_TEST  # whole-image presets (crop 0): a square of the short side
     with torch.no_grad():
         features = encoder(torch.empty(2, 3, crop, crop, device="meta"))
     assert tuple(features.shape) == (2, (crop // encoder.patch_size) ** 2, encoder.embed_dim)

@@ -172,27 +172,8 @@ def test_sfr_attention_rows():
 
 
 # ----------------------------------------------------------------------------- ResCLIP pipeline
-@pytest.mark.parametrize("crop,stride", [(224, 112), (200, 100)])
-def test_resclip_sliding_windows(deep_tiny, crop, stride):
-    model, queries = deep_tiny
-    probs, pred = rc.segment(model, queries, [0, 1, 1, 2], random_image(230, 240), crop=crop, stride=stride,
-                             resize=False, **RES_SETTINGS)
-    check_output(probs, pred, 3, (230, 240))  # renormalised after the synonym max
-    assert torch.equal(pred, probs.argmax(0))
-
-
-def test_resclip_whole_image_and_thresholds(deep_tiny):
-    model, queries = deep_tiny
-    image = random_image(120, 150, seed=8)  # resized to 160 x 200: a 10 x 12 grid
-    probs, pred = rc.segment(model, queries, [0, 1, 2, 3], image, crop=0, short_side=160, **RES_SETTINGS)
-    check_output(probs, pred, 4, (120, 150))
-    _, background = rc.segment(model, queries, [0, 1, 2, 3], image, crop=0, prob_thd=1.01, short_side=160, **RES_SETTINGS)
-    assert (background == 0).all()
-    _, refined = rc.segment(model, queries, [0, 1, 2, 3], image, crop=0, pamr_steps=2, pamr_dilations=(1, 2),
-                            short_side=160, **RES_SETTINGS)
-    assert not torch.equal(refined, pred)
-
-
+# The whole pipeline (windows, whole image, thresholds, PAMR) runs in tests/test_method_resclip.py,
+# against the plugin.
 def test_resclip_second_pass_without_sfr_is_the_first_pass(deep_tiny):
     model, queries = deep_tiny
     visual = model.visual

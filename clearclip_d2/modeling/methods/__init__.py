@@ -23,6 +23,7 @@ An encoder is an ``nn.Module`` with:
 from . import decomposed  # noqa: F401  (registers "decomposed")
 from . import proxyclip  # noqa: F401  (registers "proxyclip")
 from . import sc_clip  # noqa: F401  (registers "sc_clip")
+from . import resclip  # noqa: F401  (registers "resclip")
 from .build import ENCODER_REGISTRY, build_dense_encoder, check_encoder_name, encoder_names
 
 __all__ = ["ENCODER_REGISTRY", "build_dense_encoder", "check_encoder_name", "encoder_names"]
