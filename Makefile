@@ -8,6 +8,11 @@
 #   make demo INPUT="photos/ 'more/*.jpg'" VOCABULARY="cat, kitten; grass, lawn; sky"
 #   make install D2=official        install Detectron2 from GitHub (internet + compiler) instead of
 #                                   the sal-detectron2 wheel; skipped if detectron2 already imports
+#   make test-numpy1                the suite with numpy 1.26.4 instead of requirements.txt's numpy 2
+#                                   (on .venv's Python, <= 3.12; numpy 1.26 has no 3.13 wheels)
+#   make test-d2-v06                the suite with Detectron2 v0.6 in its own venv (.venv-d2-v06)
+#   make check-requirements         requirements.txt resolves to wheels without backtracking on each
+#                                   python3.9 ... python3.13 on PATH (package index, ~1 min each)
 #
 # The install runs once (stamp file .venv/.clearclip_d2-installed); it runs again when
 # requirements.txt, setup.py or tools/install_env.sh change, or after `make clean-venv`.
@@ -29,9 +34,12 @@ OPTS        ?=
 INPUT       ?=
 VOCABULARY  ?=
 DEMO_ARGS   ?=
+NUMPY1      ?= numpy==1.26.4
+CHECK_PYTHONS ?= 3.9 3.10 3.11 3.12 3.13
 
 VENV_PY := $(VENV)/bin/python
 STAMP   := $(VENV)/.clearclip_d2-installed
+NUMPY1_DIR := $(VENV)/numpy1
 
 ifeq ($(CI),true)
 export PIP_PROGRESS_BAR := off
@@ -46,12 +54,12 @@ DEMO_FLAGS += --vocabulary "$(VOCABULARY)"
 endif
 DEMO_OPTS := $(if $(strip $(WEIGHTS)),MODEL.CLEARCLIP.PRETRAINED '$(WEIGHTS)' MODEL.CLEARCLIP.FORCE_QUICK_GELU $(QUICK_GELU)) $(OPTS)
 
-.PHONY: help install test demo clean clean-venv
+.PHONY: help install test test-numpy1 test-d2-v06 check-requirements demo clean clean-venv
 
 help:
-	@sed -n '1,13p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '1,18p' Makefile | sed 's/^# \{0,1\}//'
 
-$(STAMP): requirements.txt setup.py tools/install_env.sh
+$(STAMP): requirements.txt setup.py tools/install_env.sh tools/install_detectron2_v06.sh
 	PYTHON="$(PYTHON)" VENV="$(VENV)" D2="$(D2)" bash tools/install_env.sh
 	@touch "$(STAMP)"
 
@@ -59,6 +67,20 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(VENV_PY) -m pytest tests -q $(PYTEST_ARGS)
+
+# numpy 1.x first on sys.path (a --target folder), everything else from $(VENV).
+$(NUMPY1_DIR)/.installed: $(STAMP)
+	$(VENV_PY) -m pip install --no-deps --upgrade --only-binary=:all: --target "$(NUMPY1_DIR)" "$(NUMPY1)"
+	@touch "$@"
+
+test-numpy1: $(NUMPY1_DIR)/.installed
+	PYTHONPATH="$(abspath $(NUMPY1_DIR))$${PYTHONPATH:+:$$PYTHONPATH}" $(VENV_PY) -m pytest tests -q $(PYTEST_ARGS)
+
+test-d2-v06:
+	$(MAKE) test VENV=.venv-d2-v06 D2=v06
+
+check-requirements: $(STAMP)
+	CLEARCLIP_D2_CHECK_PYTHONS="$(CHECK_PYTHONS)" $(VENV_PY) -m pytest tests/test_installs.py -q $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(VENV_PY) tools/demo.py $(DEMO_FLAGS) $(DEMO_ARGS) --opts $(DEMO_OPTS)

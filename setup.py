@@ -1,8 +1,8 @@
 """clearclip_d2: ClearCLIP (ECCV 2024) training-free open-vocabulary semantic segmentation
 as a Detectron2 plugin, on top of open_clip.
 
-PyTorch and Detectron2 are not listed in ``install_requires``: install the builds that fit
-your machine first (``make install`` does it, see tools/install_env.sh).
+PyTorch, Detectron2 and OpenCV are not listed in ``install_requires``: install the builds that
+fit your machine first (``make install`` does it, see tools/install_env.sh).
 """
 
 import os
@@ -41,13 +41,16 @@ setup(
                                   "resources/class_names/*/*.txt", "resources/paper_results/*.tsv"]},
     include_package_data=False,
     zip_safe=False,
-    # torch, torchvision and detectron2 come from the user (see the module docstring).
+    # torch, torchvision, detectron2 and OpenCV come from the user (see the module docstring).
     install_requires=[
         # Tested: 3.3.0 (requirements.txt) and the next major version, 4.2.0.dev0 from its main
         # branch (tests/test_open_clip_next.py); 2.24 is the older floor, not re-tested with these.
         "open_clip_torch>=2.24,<5",
-        "numpy>=1.21,<2",
-        "opencv-python-headless>=4.5,<4.11",
+        # numpy 1.x and 2.x both (tested: 1.26.4 and 2.4.6). OpenCV is left out, as Detectron2 leaves
+        # it out: its distributions (opencv-python, opencv-python-headless, ...) share the cv2 folder,
+        # and requiring one would install it over the user's. `import clearclip_d2` names the fix
+        # when cv2 is missing; requirements.txt pins opencv-python-headless for `make install`.
+        "numpy>=1.21",
         "Pillow>=9.1",
         "fvcore>=0.1.5",
         "iopath>=0.1.7",

@@ -10,10 +10,13 @@
 #                     (its compiled _C is for CPython 3.10 and is not used; ClearCLIP needs none of it)
 #        D2=official  the official route, needs internet and a compiler:
 #                     pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'
+#        D2=v06       Detectron2 v0.6's Python code (the last release), patched to import without its
+#                     C++ ops, and iopath<0.1.10 as v0.6 requires (tools/install_detectron2_v06.sh;
+#                     `make test-d2-v06` uses it in its own venv)
 #   5. this package, editable     (pip install -e .)
 #
 # Settings (environment variables): PYTHON (default python3, >= 3.9), VENV (default .venv),
-# D2 (sal | official), D2_SAL_SPEC (default sal-detectron2==0.7.2), D2_GIT_URL.
+# D2 (sal | official | v06), D2_SAL_SPEC (default sal-detectron2==0.7.2), D2_GIT_URL.
 # Usually run through `make install` / `make test` / `make demo`.
 set -euo pipefail
 
@@ -33,8 +36,8 @@ die() { printf 'install_env.sh: error: %s\n' "$*" >&2; exit 1; }
 trap 'rc=$?; printf "install_env.sh: FAILED (exit %s) at line %s: %s\n" "$rc" "$LINENO" "$BASH_COMMAND" >&2' ERR
 
 case "$D2" in
-  sal | official) ;;
-  *) die "D2=$D2: use D2=sal (PyPI wheel, default) or D2=official (build from GitHub)" ;;
+  sal | official | v06) ;;
+  *) die "D2=$D2: use D2=sal (PyPI wheel, default), D2=official (build from GitHub) or D2=v06 (Detectron2 v0.6)" ;;
 esac
 [ -f "$REQUIREMENTS" ] || die "$REQUIREMENTS is missing"
 START=$SECONDS
@@ -61,7 +64,7 @@ if "$PY" -c 'import torch, torchvision' >/dev/null 2>&1; then
 else
   mapfile -t TORCH_REQS < <(grep -E "$TORCH_PATTERN" "$REQUIREMENTS")
   [ "${#TORCH_REQS[@]}" -gt 0 ] || die "no torch/torchvision lines in $REQUIREMENTS"
-  # numpy's pin goes along so that torch does not pull numpy 2 only for step 3 to replace it.
+  # numpy's pin goes along so that torch does not pull another numpy only for step 3 to replace it.
   mapfile -t NUMPY_REQ < <(grep -E '^numpy[[:space:]]*[=<>~]' "$REQUIREMENTS" || true)
   step "installing PyTorch (${TORCH_REQS[*]}); for another CUDA/CPU build install torch into $VENV first"
   run "${PIP[@]}" install "${TORCH_REQS[@]}" "${NUMPY_REQ[@]}"
@@ -72,6 +75,9 @@ step "installing the pinned requirements ($REQUIREMENTS, torch lines excluded)"
 OTHER_REQS="$VENV_ABS/.requirements-no-torch.txt"
 grep -v -E "$TORCH_PATTERN" "$REQUIREMENTS" > "$OTHER_REQS"
 run "${PIP[@]}" install -r "$OTHER_REQS"
+if [ "$D2" = v06 ]; then
+  run "${PIP[@]}" install "iopath<0.1.10"  # Detectron2 v0.6's bound (requirements.txt pins 0.1.10 for main)
+fi
 
 # ----------------------------------------------------------------------------- 4. detectron2
 if "$PY" -c 'import detectron2' >/dev/null 2>&1; then
@@ -80,6 +86,9 @@ elif [ "$D2" = official ]; then
   step "installing Detectron2 the official way (D2=official; needs internet and a C++ compiler)"
   run "${PIP[@]}" install setuptools wheel
   run "${PIP[@]}" install --no-build-isolation "$D2_GIT_URL"
+elif [ "$D2" = v06 ]; then
+  step "installing Detectron2 v0.6's Python code into $VENV_ABS/detectron2-v06 (D2=v06)"
+  run bash "$REPO_ROOT/tools/install_detectron2_v06.sh" "$PY" "$VENV_ABS/detectron2-v06"
 else
   D2_DIR="$VENV_ABS/detectron2"
   step "installing Detectron2 from the $D2_SAL_SPEC wheel into $D2_DIR (D2=sal; D2=official builds from GitHub instead)"

@@ -12,12 +12,12 @@ import sys
 from functools import partial
 
 from detectron2.engine import default_setup as detectron2_default_setup
-from detectron2.engine import launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..utils.cli import EXIT_USER_ERROR
 from ..utils.errors import is_user_error, user_message
+from .launch import launch
 
 
 def default_setup(cfg, args) -> None:
@@ -40,7 +40,8 @@ def report_user_errors(main, program: str, args):
 
 
 def launch_reporting_user_errors(main, args, program: str) -> None:
-    """Detectron2's ``launch(main, args.num_gpus, ...)`` with the machine flags of
+    """Detectron2's ``launch(main, args.num_gpus, ...)`` (with the CPU fallback of
+    :mod:`clearclip_d2.engine.launch` for Detectron2 v0.6) with the machine flags of
     ``default_argument_parser``. With several processes, a worker's user error is printed by the
     worker (:func:`report_user_errors`) and the run exits with status 2; with one, it reaches the
     caller as the exception."""

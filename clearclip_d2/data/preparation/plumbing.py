@@ -168,8 +168,22 @@ def _outcomes(work, tasks: Sequence[ConversionTask], workers: int) -> Iterator[L
     if workers <= 1:
         yield from map(work, tasks)
         return
-    with mp.Pool(workers) as pool:
+    with worker_context().Pool(workers) as pool:
         yield from pool.imap_unordered(work, tasks, chunksize=8)
+
+
+def worker_context():
+    """The multiprocessing context of the conversion pool: forkserver (spawn where there is none).
+
+    Not fork: this process has threads (PyTorch's, imported with the package), and forking a
+    threaded process can deadlock (Python 3.12+ warns about it). The forkserver preloads this
+    module once, so each worker starts with the package already imported.
+    """
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
 
 
 def convert_all(tasks: Sequence[ConversionTask], convert: Converter, desc: str, workers: int, force: bool) -> Counter:
