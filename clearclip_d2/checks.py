@@ -18,6 +18,7 @@ from ``modeling`` to ``checks``; ``import clearclip_d2`` imports ``modeling`` (t
 Detectron2's registries), so the registered checks are always in place when a config is checked.
 """
 
+import os
 from typing import Callable, List, Optional, Sequence
 
 import torch
@@ -150,3 +151,24 @@ def check_mask_min_score(min_score: float) -> None:
     """``MASK_MIN_SCORE`` in [0, 1]."""
     if not 0.0 <= float(min_score) <= 1.0:
         raise ClearCLIPError(f"MODEL.CLEARCLIP.MASK_MIN_SCORE {min_score} must be in [0, 1]")
+
+
+# --------------------------------------------------------------------------- weights
+PICKLED_WEIGHTS_SUFFIX = ".pkl"
+TRUST_PICKLED_WEIGHTS_KEY = "MODEL.CLEARCLIP.TRUST_PICKLED_WEIGHTS"
+
+
+def check_weights_file(path: str, key: str, trust_pickled: bool = False) -> None:
+    """A Detectron2 weights file named by ``key`` (``MODEL.WEIGHTS``, ``MASK_MODEL_WEIGHTS``):
+    a local file must exist, and a pickled ``.pkl`` (which can run code when read) needs the
+    opt-in ``MODEL.CLEARCLIP.TRUST_PICKLED_WEIGHTS`` (``trust_pickled``). URLs are not fetched here."""
+    if not path:
+        return
+    if "://" not in path and not os.path.isfile(path):
+        raise ClearCLIPError(f"{key} {path} does not exist; give an existing checkpoint file (or leave {key} empty)")
+    if path.endswith(PICKLED_WEIGHTS_SUFFIX) and not trust_pickled:
+        raise ClearCLIPError(
+            f"refusing {key} {path}: a Detectron2 .pkl file is a Python pickle, which can run code when read; "
+            f"convert it to a .pth/.safetensors state dict, or, if you trust its source, set "
+            f"{TRUST_PICKLED_WEIGHTS_KEY} True"
+        )

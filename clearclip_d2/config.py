@@ -62,6 +62,10 @@ def add_clearclip_config(cfg: CN) -> None:
     # Expected SHA-256 (hex) of the PRETRAINED checkpoint file; a file with another hash is
     # refused ("" = not checked).
     cfg.MODEL.CLEARCLIP.PRETRAINED_SHA256 = ""
+    # Detectron2 weights (MODEL.WEIGHTS, MASK_MODEL_WEIGHTS) are read as tensors only; a
+    # Detectron2 .pkl file (model zoo) is a Python pickle that can run code when read, and is
+    # loaded only with True here (only for files from a source you trust).
+    cfg.MODEL.CLEARCLIP.TRUST_PICKLED_WEIGHTS = False
     # Folder of the text-embedding cache, one file per (model, weights, templates, queries);
     # "" = no disk cache (embeddings kept in memory only). See modeling/clip/text_cache.py.
     cfg.MODEL.CLEARCLIP.CACHE_DIR = constants.default_text_cache_dir()

@@ -23,7 +23,9 @@ from ..data.datasets import check_dataset_prepared
 from ..data.sem_seg_train import build_sem_seg_train_mapper
 from ..evaluation import ClearCLIPSemSegEvaluator
 from ..evaluation.resumable import plan_evaluation, run_planned_evaluation
+from ..checks import check_weights_file
 from ..modeling.backbone import check_clearclip_backbone_config
+from ..modeling.checkpoint import safe_checkpointer_like
 from ..utils.errors import ClearCLIPError
 from ..utils.io import atomic_write_json
 
@@ -34,6 +36,12 @@ SUMMARY_METRICS = ("mIoU", "mIoU-mmseg", "fwIoU", "mACC", "pACC")
 class Trainer(DefaultTrainer):
     """Detectron2's trainer with ClearCLIP's test-time data path and evaluator (resumable, bad
     files stopped or skipped), and the sem-seg train loader for heads on the ClearCLIP backbone."""
+
+    def build_hooks(self):
+        """Detectron2's hooks, with its checkpointer (built just before, and saved by the
+        periodic-checkpoint hook) replaced by one that reads weights as tensors only."""
+        self.checkpointer = safe_checkpointer_like(self.checkpointer, self.cfg)
+        return super().build_hooks()
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None, skip_bad_images=False):
@@ -111,6 +119,7 @@ def check_run_config(cfg, eval_only: bool) -> None:
             raise ClearCLIPError(
                 "ClearCLIP is training-free: there is nothing to train; run with --eval-only to evaluate"
             )
+    check_weights_file(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS", cfg.MODEL.CLEARCLIP.TRUST_PICKLED_WEIGHTS)
     if cfg.MODEL.BACKBONE.NAME == "build_clearclip_backbone":
         check_clearclip_backbone_config(cfg)
     if eval_only and not cfg.DATASETS.TEST:
