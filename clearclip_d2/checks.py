@@ -172,3 +172,15 @@ def check_weights_file(path: str, key: str, trust_pickled: bool = False) -> None
             f"convert it to a .pth/.safetensors state dict, or, if you trust its source, set "
             f"{TRUST_PICKLED_WEIGHTS_KEY} True"
         )
+
+
+# --------------------------------------------------------------------------- evaluation
+def check_vocabulary_matches_dataset(num_names: int, dataset_name: str, num_classes: int, source: str) -> None:
+    """A fixed vocabulary (``CLASS_NAMES_FILE``, ``source``) evaluated on a dataset must have one
+    name per dataset class, in the dataset's order: prediction ``i`` is scored as class ``i``."""
+    if num_names != num_classes:
+        raise ClearCLIPError(
+            f"{source} has {num_names} classes but dataset {dataset_name} has {num_classes}; predictions are "
+            f"scored by class index, so give one line per dataset class in its order (see its stuff_classes), "
+            f"or leave MODEL.CLEARCLIP.CLASS_NAMES_FILE empty to use the dataset's own classes"
+        )

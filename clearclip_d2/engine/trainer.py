@@ -11,7 +11,7 @@ import logging
 import os
 from collections import OrderedDict
 
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import print_csv_format
 from detectron2.utils import comm
@@ -21,9 +21,10 @@ from ..config import check_clearclip_config
 from ..data import ClearCLIPDatasetMapper
 from ..data.datasets import check_dataset_prepared
 from ..data.sem_seg_train import build_sem_seg_train_mapper
+from ..data.vocabulary import load_vocabulary_file
 from ..evaluation import ClearCLIPSemSegEvaluator
 from ..evaluation.resumable import plan_evaluation, run_planned_evaluation
-from ..checks import check_weights_file
+from ..checks import check_vocabulary_matches_dataset, check_weights_file
 from ..modeling.backbone import check_clearclip_backbone_config
 from ..modeling.checkpoint import safe_checkpointer_like
 from ..utils.errors import ClearCLIPError
@@ -128,6 +129,11 @@ def check_run_config(cfg, eval_only: bool) -> None:
         raise ClearCLIPError("DATASETS.TRAIN is empty: name the datasets to train on")
     for dataset_name in cfg.DATASETS.TEST if eval_only else [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]:
         check_dataset_prepared(dataset_name)
+    if cfg.MODEL.META_ARCHITECTURE == "ClearCLIPSegmentor" and cfg.MODEL.CLEARCLIP.CLASS_NAMES_FILE:
+        num_names = len(load_vocabulary_file(cfg.MODEL.CLEARCLIP.CLASS_NAMES_FILE))
+        for dataset_name in cfg.DATASETS.TEST:
+            num_classes = len(MetadataCatalog.get(dataset_name).get("stuff_classes") or [])
+            check_vocabulary_matches_dataset(num_names, dataset_name, num_classes, f"MODEL.CLEARCLIP.CLASS_NAMES_FILE {cfg.MODEL.CLEARCLIP.CLASS_NAMES_FILE}")
 
 
 def write_metrics(cfg, results):

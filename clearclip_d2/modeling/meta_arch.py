@@ -17,6 +17,7 @@ from ..checks import (
     check_prob_threshold,
     check_sliding_window,
     check_templates,
+    check_vocabulary_matches_dataset,
     check_window_padding,
 )
 from ..constants import PROB_THRESHOLD_FROM_DATASET
@@ -220,9 +221,13 @@ class ClearCLIPSegmentor(nn.Module):
         self.vocabulary = vocabulary
 
     def use_dataset_vocabulary(self, dataset_name: str) -> None:
-        """Switch to a dataset's classes, unless a fixed ``CLASS_NAMES_FILE`` was configured."""
+        """Switch to a dataset's classes, unless a fixed ``CLASS_NAMES_FILE`` was configured (which
+        must then have as many classes as the dataset)."""
         if not self.fixed_vocabulary:
             self.set_vocabulary(vocabulary_of_dataset(dataset_name))
+            return
+        num_classes = len(MetadataCatalog.get(dataset_name).get("stuff_classes") or [])
+        check_vocabulary_matches_dataset(len(self.vocabulary), dataset_name, num_classes, "MODEL.CLEARCLIP.CLASS_NAMES_FILE")
 
     def use_dataset(self, dataset_name: str) -> None:
         """Switch to a dataset's classes (see :meth:`use_dataset_vocabulary`) and, unless
