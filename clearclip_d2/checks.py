@@ -18,6 +18,7 @@ from ``modeling`` to ``checks``; ``import clearclip_d2`` imports ``modeling`` (t
 Detectron2's registries), so the registered checks are always in place when a config is checked.
 """
 
+import math
 import os
 from typing import Callable, List, Optional, Sequence
 
@@ -25,6 +26,7 @@ import torch
 
 from .constants import (
     ATTENTION_VARIANT_NAMES,
+    CLIP_PIXEL_STD,
     INPUT_FORMATS,
     PRECISION_NAMES,
     PROB_THRESHOLD_FROM_DATASET,
@@ -62,6 +64,18 @@ def check_input_format(input_format: str, owner: str = "") -> None:
     if input_format not in INPUT_FORMATS:
         prefix = f"{owner}: " if owner else ""
         raise ClearCLIPError(f"{prefix}INPUT.FORMAT {input_format!r} is not supported; use {' or '.join(INPUT_FORMATS)}")
+
+
+def check_pixel_normalisation(pixel_mean: Sequence[float], pixel_std: Sequence[float]) -> None:
+    """``MODEL.PIXEL_MEAN`` / ``PIXEL_STD``: three finite values each, every std > 0 (a zero
+    std divides a channel by zero and the model predicts one class everywhere)."""
+    for key, values in (("MODEL.PIXEL_MEAN", pixel_mean), ("MODEL.PIXEL_STD", pixel_std)):
+        if len(values) != 3 or not all(math.isfinite(float(v)) for v in values):
+            raise ClearCLIPError(f"{key} {list(values)} must be three finite numbers, one per channel (0-255 scale)")
+    if not all(float(v) > 0 for v in pixel_std):
+        raise ClearCLIPError(
+            f"MODEL.PIXEL_STD {list(pixel_std)} must be > 0 in every channel (CLIP's is {list(CLIP_PIXEL_STD)})"
+        )
 
 
 # --------------------------------------------------------------------------- method

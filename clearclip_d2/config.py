@@ -155,5 +155,6 @@ def check_clearclip_config(cfg: CN) -> None:
     checks.check_sliding_window(cc.SLIDE_CROP, cc.SLIDE_STRIDE, cc.WINDOW_BATCH)
     checks.check_class_chunking(cc.CLASS_CHUNK, cc.MAX_DENSE_ELEMENTS)
     checks.check_input_format(cfg.INPUT.FORMAT)
+    checks.check_pixel_normalisation(cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD)
     checks.check_refine(cc.REFINE, cc.PAMR_ITERATIONS, cc.PAMR_DILATIONS)
     checks.run_registered_config_checks(cfg)

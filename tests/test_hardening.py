@@ -41,3 +41,17 @@ def test_class_names_file_must_match_the_evaluated_dataset(tiny_model_files, tmp
     # The same number of classes is fine.
     names_file.write_text("kitten\nlawn\nclouds\n")
     build_model(cfg).use_dataset(dataset)
+
+
+# --------------------------------------------------------------------------- item 4
+@pytest.mark.parametrize("std", [[68.5, 0.0, 69.7], [68.5, -1.0, 69.7]])
+def test_a_zero_pixel_std_is_refused(tiny_model_files, std):
+    from detectron2.modeling import build_model
+
+    from clearclip_d2.config import check_clearclip_config
+
+    cfg = tiny_cfg(tiny_model_files, **{"MODEL.PIXEL_STD": std})
+    with pytest.raises(ClearCLIPError, match=r"MODEL\.PIXEL_STD .* must be > 0 in every channel"):
+        check_clearclip_config(cfg)
+    with pytest.raises(ClearCLIPError, match=r"MODEL\.PIXEL_STD"):
+        build_model(cfg)

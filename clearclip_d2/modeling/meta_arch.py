@@ -13,6 +13,7 @@ from torch import nn
 from ..checks import (
     check_class_chunking,
     check_input_format,
+    check_pixel_normalisation,
     check_precision,
     check_prob_threshold,
     check_sliding_window,
@@ -145,6 +146,7 @@ class ClearCLIPSegmentor(nn.Module):
         super().__init__()
         check_templates(prompt_templates)
         check_input_format(input_format)
+        check_pixel_normalisation(pixel_mean, pixel_std)
         check_class_chunking(class_chunk, max_dense_elements)
         check_sliding_window(slide_crop, slide_stride, window_batch)
         self.clip_model = clip_model
