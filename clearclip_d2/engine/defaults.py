@@ -8,6 +8,7 @@ output folder and with the same rank filter. :func:`launch_reporting_user_errors
 Detectron2's ``launch`` where a worker's :class:`ClearCLIPError` ends the run with one line.
 """
 
+import contextlib
 import sys
 from functools import partial
 
@@ -18,6 +19,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..utils.cli import EXIT_USER_ERROR
 from ..utils.errors import is_user_error, user_message
+from ..utils.run_lock import output_folder_lock
 
 
 def default_setup(cfg, args) -> None:
@@ -25,6 +27,14 @@ def default_setup(cfg, args) -> None:
     ``clearclip``) writing to ``cfg.OUTPUT_DIR`` like Detectron2's."""
     detectron2_default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="clearclip_d2", abbrev_name="clearclip")
+
+
+def output_folder_lock_of_run(cfg, args):
+    """The lock of ``OUTPUT_DIR`` for a whole run (:mod:`~clearclip_d2.utils.run_lock`), taken by
+    the launcher of the first machine (the other machines' launchers share its folder)."""
+    if args.machine_rank != 0 or not cfg.OUTPUT_DIR:
+        return contextlib.nullcontext()
+    return output_folder_lock(cfg.OUTPUT_DIR)
 
 
 def report_user_errors(main, program: str, args):
