@@ -51,10 +51,11 @@ def add_clearclip_config(cfg: CN) -> None:
     cfg.MODEL.CLEARCLIP.WINDOW_PADDING = "centred"
     # Windows per image-encoder batch (bounds memory; results do not depend on it).
     cfg.MODEL.CLEARCLIP.WINDOW_BATCH = 8
-    # Largest queries x output height x output width for which the model returns the full
-    # probability map "sem_seg" [K, H, W]; larger outputs (big images, big vocabularies) go
-    # through the classes in chunks and return "sem_seg_labels" [H, W] instead (same argmax).
-    # 0 = always chunked. Default 2**28 floats = 1 GiB per copy.
+    # Largest queries x max(output pixels, resized-image pixels) for which the model returns the
+    # full probability map "sem_seg" [K, H, W]; larger ones (big images, big vocabularies, small
+    # images upscaled to the 448 short side) go through the classes in chunks and return
+    # "sem_seg_labels" [H, W] instead (same argmax). 0 = always chunked. Default 2**28 floats =
+    # 1 GiB per copy; the plain path holds at most 5 copies (docs/LONG_EVALUATIONS.md, memory bound).
     cfg.MODEL.CLEARCLIP.MAX_DENSE_ELEMENTS = 2**28
     # Text queries per chunk on the chunked path: memory ~ CLASS_CHUNK x output pixels x 4 B
     # (the bound: README, "Long evaluations"; results do not depend on it).

@@ -78,14 +78,15 @@ class ClearCLIPPredictor:
         Returns:
             Tensor[K, H, W] float32 per-class probabilities (K = vocabulary size) at the input's
             size, on ``cfg.MODEL.DEVICE``; ``argmax(0)`` is the predicted class map. Refused when
-            K' x H x W (K' = queries) passes ``MODEL.CLEARCLIP.MAX_DENSE_ELEMENTS``: use
+            K' x max(H x W, resized pixels) (K' = queries) passes ``MODEL.CLEARCLIP.MAX_DENSE_ELEMENTS``: use
             :meth:`predict_labels`, whose memory does not grow with the vocabulary.
         """
         output = self.predict(original_image)
         if "sem_seg" not in output:
             height, width = output[LABELS_KEY].shape
             raise ClearCLIPError(
-                f"a {len(self.model.vocabulary.queries)} x {height} x {width} probability map passes "
+                f"the probability maps of {len(self.model.vocabulary.queries)} queries at {height} x {width} (and at "
+                f"the resized image's size) pass "
                 f"MODEL.CLEARCLIP.MAX_DENSE_ELEMENTS {self.model.max_dense_elements}; use predict_labels() "
                 f"(memory bounded by MODEL.CLEARCLIP.CLASS_CHUNK) or raise MAX_DENSE_ELEMENTS"
             )

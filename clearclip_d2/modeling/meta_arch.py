@@ -86,7 +86,8 @@ class ClearCLIPSegmentor(nn.Module):
     and optionally ``height``/``width`` (the size to predict at; default the image size).
     Output: one ``{"sem_seg": Tensor[K, height, width]}`` per image, the per-class
     probabilities of the reference, whose argmax is the prediction (background threshold
-    included, see :func:`logits_to_probabilities`). When queries x height x width passes
+    included, see :func:`logits_to_probabilities`). When queries x the larger of the output and
+    the input image (height x width, or the resized image's pixels) passes
     ``max_dense_elements``, the classes go through in chunks (:mod:`.inference.class_chunks`) and the
     output is ``{"sem_seg_labels": Tensor[height, width] int64, "sem_seg_confidence":
     Tensor[height, width]}`` instead: the same argmax and the highest class probability.
@@ -134,7 +135,8 @@ class ClearCLIPSegmentor(nn.Module):
             input_format: "RGB" or "BGR", the channel order of ``image``.
             fixed_vocabulary: keep ``vocabulary`` when evaluating datasets with other classes.
             class_chunk: queries per chunk when the output is too large for ``sem_seg``.
-            max_dense_elements: largest queries x height x width returned as ``sem_seg``.
+            max_dense_elements: largest queries x max(output pixels, input image pixels) computed
+                on the plain path (:func:`~.inference.class_chunks.dense_elements`).
             text_cache: disk cache of the text embeddings (None = memory only).
             precision: image-encoder precision, "fp32", "fp16" (CUDA) or "bf16" (:mod:`.clip.precision`).
             dataset_name: the dataset evaluated first, whose threshold applies if ``prob_threshold`` is None.
@@ -334,7 +336,7 @@ class ClearCLIPSegmentor(nn.Module):
 
         ``image`` is the input's [3, h, w] uint8 image, which the refiner (if any) looks at.
         """
-        if not use_class_chunks(len(text), out_size, self.max_dense_elements):
+        if not use_class_chunks(len(text), out_size, tuple(image.shape[-2:]), self.max_dense_elements):
             probs = logits_to_probabilities(
                 chunk_logits(text), out_size, self.logit_scale, query_to_class, len(self.vocabulary), self.prob_threshold,
                 refine=partial(self.refiner, image=image) if self.refiner is not None else None,
@@ -343,7 +345,8 @@ class ClearCLIPSegmentor(nn.Module):
         if self.refiner is not None:
             raise ClearCLIPError(
                 f"MODEL.CLEARCLIP.REFINE needs the whole probability map, but {len(text)} queries x "
-                f"{out_size[0]}x{out_size[1]} pixels exceed MODEL.CLEARCLIP.MAX_DENSE_ELEMENTS "
+                f"{out_size[0]}x{out_size[1]} pixels (or the resized {image.shape[-2]}x{image.shape[-1]}) exceed "
+                f"MODEL.CLEARCLIP.MAX_DENSE_ELEMENTS "
                 f"{self.max_dense_elements}: raise MAX_DENSE_ELEMENTS or set REFINE none"
             )
         labels, confidence = chunked_labels(
