@@ -98,6 +98,18 @@ def check_templates(templates: Sequence[str]) -> None:
             raise ClearCLIPError(f"prompt template {template!r} has no '{{}}' for the class name (MODEL.CLEARCLIP.PROMPT_TEMPLATES)")
 
 
+def check_text_batch_size(text_batch_size: int) -> None:
+    """``TEXT_BATCH_SIZE`` (prompts per text-encoder batch) > 0."""
+    if int(text_batch_size) <= 0:
+        raise ClearCLIPError(f"MODEL.CLEARCLIP.TEXT_BATCH_SIZE {text_batch_size} must be > 0 (prompts per text-encoder batch)")
+
+
+def check_num_workers(num_workers: int) -> None:
+    """``DATALOADER.NUM_WORKERS`` >= 0 (0 = load in the main process)."""
+    if int(num_workers) < 0:
+        raise ClearCLIPError(f"DATALOADER.NUM_WORKERS {num_workers} must be >= 0 (0 = load images in the main process)")
+
+
 def check_prob_threshold(threshold: float) -> None:
     """``PROB_THRESHOLD`` in [0, 1], or ``PROB_THRESHOLD_FROM_DATASET`` (each dataset's own)."""
     if not (0.0 <= threshold <= 1.0 or threshold == PROB_THRESHOLD_FROM_DATASET):

@@ -113,7 +113,10 @@ def load_clearclip_config(config_file: str, opts: Sequence[str] = ()) -> CN:
     """Detectron2's default config with the ClearCLIP keys, merged from ``config_file`` and the
     ``KEY VALUE`` overrides ``opts`` (not frozen, not checked: see :func:`check_clearclip_config`).
 
-    A missing file, an unknown key or a bad value raises :class:`ClearCLIPError` in one line.
+    A missing file (or ``_BASE_`` file), a YAML syntax error, an unknown key or a bad value
+    raises :class:`ClearCLIPError` in one line. The YAML is read with ``yaml.safe_load`` only
+    (Detectron2's ``merge_from_file`` falls back to ``yaml.unsafe_load``, which can run code). An
+    integer given for a float key (``PROB_THRESHOLD 0``) is taken as that float, which yacs refuses.
     """
     from detectron2.config import get_cfg
 
@@ -121,19 +124,76 @@ def load_clearclip_config(config_file: str, opts: Sequence[str] = ()) -> CN:
 
     cfg = get_cfg()
     add_clearclip_config(cfg)
+    loaded = _read_config_file(cfg, config_file)
     try:
-        cfg.merge_from_file(config_file)
-    except FileNotFoundError as e:
-        raise ClearCLIPError(f"config file {config_file} does not exist") from e
+        if loaded.get("VERSION", cfg.VERSION) == cfg.VERSION:
+            cfg.merge_from_other_cfg(type(cfg)(_ints_as_floats(loaded, cfg)))
+        else:  # an older Detectron2 config version: Detectron2 upgrades it
+            cfg.merge_from_file(config_file, allow_unsafe=False)
     except (KeyError, ValueError, AssertionError, TypeError) as e:
         raise ClearCLIPError(f"bad config file {config_file}: {e}") from e
     if len(opts) % 2:
         raise ClearCLIPError(f"config overrides need KEY VALUE pairs, got an odd number of items: {' '.join(opts)}")
     try:
-        cfg.merge_from_list(list(opts))
+        cfg.merge_from_list(_override_ints_as_floats(list(opts), cfg))
     except (KeyError, ValueError, AssertionError, TypeError) as e:
         raise ClearCLIPError(f"bad config override ({' '.join(map(str, opts))}): {e}") from e
     return cfg
+
+
+def _read_config_file(cfg: CN, config_file: str) -> dict:
+    """The YAML of ``config_file`` merged over its ``_BASE_`` files (Detectron2's
+    ``load_yaml_with_base``, safe loading only), with one-line errors naming the file at fault."""
+    import os
+
+    import yaml
+
+    from .utils.errors import ClearCLIPError
+
+    if not os.path.isfile(config_file):
+        raise ClearCLIPError(f"config file {config_file} does not exist")
+    try:
+        return cfg.load_yaml_with_base(config_file, allow_unsafe=False) or {}
+    except FileNotFoundError as e:
+        raise ClearCLIPError(
+            f"the _BASE_ file of {config_file} does not exist: looked for {e.filename} (a _BASE_ path is relative "
+            f"to the folder of the file naming it); copy the base file there or write its full path in _BASE_"
+        ) from e
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else config_file
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ClearCLIPError(f"config file {config_file} is not valid YAML: {problem} ({where}); fix the syntax there") from e
+
+
+def _ints_as_floats(loaded, defaults):
+    """``loaded`` (a config dict) with every integer whose default in ``defaults`` is a float
+    turned into that float: the one place where ``PROB_THRESHOLD: 0`` means 0.0."""
+    if isinstance(loaded, dict) and hasattr(defaults, "items"):
+        return {key: _ints_as_floats(value, defaults.get(key)) for key, value in loaded.items()}
+    if isinstance(defaults, float) and isinstance(loaded, int) and not isinstance(loaded, bool):
+        return float(loaded)
+    return loaded
+
+
+def _override_ints_as_floats(opts: list, cfg: CN) -> list:
+    """``KEY VALUE`` overrides with :func:`_ints_as_floats` applied to each value."""
+    from ast import literal_eval
+
+    result = list(opts)
+    for index in range(0, len(result), 2):
+        default = cfg
+        for part in str(result[index]).split("."):
+            default = default.get(part) if hasattr(default, "get") else None
+        value = result[index + 1]
+        if isinstance(value, str):
+            try:
+                value = literal_eval(value)
+            except (ValueError, SyntaxError):
+                continue
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            result[index + 1] = repr(float(value)) if isinstance(result[index + 1], str) else float(value)
+    return result
 
 
 def check_clearclip_config(cfg: CN) -> None:
@@ -149,6 +209,8 @@ def check_clearclip_config(cfg: CN) -> None:
     checks.check_window_padding(cc.WINDOW_PADDING)
     checks.check_attention(cc.ATTENTION, cc.NACLIP_GAUSSIAN_STD)
     checks.check_templates(cc.PROMPT_TEMPLATES)
+    checks.check_text_batch_size(cc.TEXT_BATCH_SIZE)
+    checks.check_num_workers(cfg.DATALOADER.NUM_WORKERS)
     checks.check_precision(cc.PRECISION, cfg.MODEL.DEVICE)
     if cc.CLASS_NAMES_FILE:
         load_vocabulary_file(cc.CLASS_NAMES_FILE)

@@ -55,3 +55,137 @@ def test_a_zero_pixel_std_is_refused(tiny_model_files, std):
         check_clearclip_config(cfg)
     with pytest.raises(ClearCLIPError, match=r"MODEL\.PIXEL_STD"):
         build_model(cfg)
+
+
+# --------------------------------------------------------------------------- item 6 and item 8: configs
+def test_a_missing_base_file_is_named_with_where_it_was_looked_for(tmp_path):
+    from clearclip_d2.config import load_clearclip_config
+
+    copied = tmp_path / "my_coco.yaml"
+    copied.write_text((__import__("pathlib").Path(REPO_ROOT) / "configs" / "clearclip_coco.yaml").read_text())
+    with pytest.raises(ClearCLIPError, match=rf"the _BASE_ file of {copied} does not exist: looked for {tmp_path / 'Base-ClearCLIP.yaml'}"):
+        load_clearclip_config(str(copied))
+
+
+def test_a_yaml_syntax_error_is_one_line_with_its_place(tmp_path):
+    from clearclip_d2.config import load_clearclip_config
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("MODEL:\n  CLEARCLIP:\n    LOGIT_SCALE: [40\n  DEVICE: cpu\n")
+    with pytest.raises(ClearCLIPError, match=rf"config file {bad} is not valid YAML: .*{bad}, line \d+, column \d+"):
+        load_clearclip_config(str(bad))
+
+
+def test_an_integer_for_a_float_key_is_that_float(tmp_path):
+    from clearclip_d2.config import load_clearclip_config
+
+    config = tmp_path / "zero.yaml"
+    config.write_text("MODEL:\n  CLEARCLIP:\n    PROB_THRESHOLD: 0\n    LOGIT_SCALE: 40\n")
+    cfg = load_clearclip_config(str(config), ["MODEL.CLEARCLIP.MASK_MIN_SCORE", "1"])
+    assert cfg.MODEL.CLEARCLIP.PROB_THRESHOLD == 0.0 and isinstance(cfg.MODEL.CLEARCLIP.PROB_THRESHOLD, float)
+    assert cfg.MODEL.CLEARCLIP.LOGIT_SCALE == 40.0 and cfg.MODEL.CLEARCLIP.MASK_MIN_SCORE == 1.0
+    assert load_clearclip_config(str(config), ["MODEL.CLEARCLIP.PROB_THRESHOLD", "0"]).MODEL.CLEARCLIP.PROB_THRESHOLD == 0.0
+    with pytest.raises(ClearCLIPError, match="bad config override"):  # a string is still refused
+        load_clearclip_config(str(config), ["MODEL.CLEARCLIP.PROB_THRESHOLD", "high"])
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"MODEL.CLEARCLIP.TEXT_BATCH_SIZE": 0}, "TEXT_BATCH_SIZE 0 must be > 0"),
+        ({"MODEL.CLEARCLIP.TEXT_BATCH_SIZE": -4}, "TEXT_BATCH_SIZE -4 must be > 0"),
+        ({"DATALOADER.NUM_WORKERS": -1}, "DATALOADER.NUM_WORKERS -1 must be >= 0"),
+    ],
+)
+def test_bad_counts_are_refused(tiny_model_files, overrides, fragment):
+    from clearclip_d2.config import check_clearclip_config
+
+    with pytest.raises(ClearCLIPError, match=fragment.replace(".", r"\.")):
+        check_clearclip_config(tiny_cfg(tiny_model_files, **overrides))
+
+
+def test_text_batch_size_is_checked_where_the_model_takes_it(tiny_model_files):
+    from detectron2.modeling import build_model
+
+    with pytest.raises(ClearCLIPError, match="TEXT_BATCH_SIZE 0"):
+        build_model(tiny_cfg(tiny_model_files, **{"MODEL.CLEARCLIP.TEXT_BATCH_SIZE": 0}))
+
+
+@pytest.mark.parametrize(
+    "vision, fragment",
+    [
+        ({"layers": 0}, "vision_cfg.layers 0 must be a whole number >= 1"),
+        ({"patch_size": 512}, "vision_cfg.patch_size 512 must be a positive size no larger than vision_cfg.image_size 224"),
+        ({"patch_size": 0}, "vision_cfg.patch_size 0"),
+    ],
+)
+def test_a_model_json_that_cannot_be_built_is_named(tmp_path, vision, fragment):
+    import json
+
+    from conftest import TINY_VIT
+    from clearclip_d2.modeling.clip.loading import resolve_architecture
+
+    config = json.loads(json.dumps(TINY_VIT))
+    config["vision_cfg"].update(vision)
+    path = tmp_path / "broken-vit.json"
+    path.write_text(json.dumps(config))
+    with pytest.raises(ClearCLIPError, match=f"model-config JSON {path}: {fragment}".replace(".", r"\.")):
+        resolve_architecture(str(path))
+
+
+def test_a_missing_model_weights_file_is_named(tiny_model_files, tmp_path):
+    from clearclip_d2.engine import ClearCLIPPredictor
+    from clearclip_d2.engine.trainer import check_run_config
+
+    cfg = tiny_cfg(tiny_model_files, **{"MODEL.WEIGHTS": str(tmp_path / "model_final.pth")})
+    for action in (lambda: check_run_config(cfg, eval_only=True), lambda: ClearCLIPPredictor(cfg)):
+        with pytest.raises(ClearCLIPError, match=rf"MODEL\.WEIGHTS {tmp_path / 'model_final.pth'} does not exist"):
+            action()
+
+
+# --------------------------------------------------------------------------- item 8: output folders
+UNWRITABLE = "/proc/clearclip_d2_cannot_write_here"  # not writable, not even by root
+
+
+def test_an_unwritable_or_full_output_folder_is_named(tmp_path, monkeypatch):
+    import errno
+
+    from clearclip_d2.utils import io
+
+    with pytest.raises(ClearCLIPError, match=f"OUTPUT_DIR {UNWRITABLE} cannot be written .*choose a folder you can write to"):
+        io.check_writable_folder(UNWRITABLE)
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(io.os, "fsync", full_disk)
+    with pytest.raises(ClearCLIPError, match=f"OUTPUT_DIR {tmp_path} cannot be written \\(No space left on device\\); free some space"):
+        io.check_writable_folder(str(tmp_path))
+
+
+def test_demo_names_an_unwritable_output_before_building_the_model(tmp_path, tiny_model_files, monkeypatch):
+    from PIL import Image
+
+    from clearclip_d2.engine import demo
+
+    monkeypatch.setattr(demo, "ClearCLIPPredictor", lambda *a, **k: pytest.fail("the model was built"))
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(image)
+    cfg = tiny_cfg(tiny_model_files)
+    with pytest.raises(ClearCLIPError, match=f"--output {UNWRITABLE} cannot be written"):
+        demo.run_demo(cfg, [str(image)], UNWRITABLE, vocabulary="cat; dog")
+
+
+def test_train_net_names_an_unwritable_output_dir(tiny_model_files, tmp_path):
+    from synthetic_coco import write_coco_stuff_layout
+
+    root = write_coco_stuff_layout(tmp_path / "datasets", [(60, 80)], num_labels=12, block=20)
+    model_json, checkpoint = tiny_model_files
+    cmd = [sys.executable, os.path.join(REPO_ROOT, "tools", "train_net.py"), "--eval-only",
+           "--config-file", os.path.join(REPO_ROOT, "configs", "clearclip_coco.yaml"),
+           "MODEL.CLEARCLIP.MODEL_NAME", model_json, "MODEL.CLEARCLIP.PRETRAINED", checkpoint, "OUTPUT_DIR", UNWRITABLE]
+    env = dict(os.environ, PYTHONWARNINGS="ignore", DETECTRON2_DATASETS=str(root))
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"OUTPUT_DIR {UNWRITABLE} cannot be written" in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr

@@ -24,7 +24,7 @@ from ..data.sem_seg_train import build_sem_seg_train_mapper
 from ..data.vocabulary import load_vocabulary_file
 from ..evaluation import ClearCLIPSemSegEvaluator
 from ..evaluation.resumable import plan_evaluation, run_planned_evaluation
-from ..checks import check_vocabulary_matches_dataset, check_weights_file
+from ..checks import check_num_workers, check_vocabulary_matches_dataset, check_weights_file
 from ..modeling.backbone import check_clearclip_backbone_config
 from ..modeling.checkpoint import safe_checkpointer_like
 from ..utils.errors import ClearCLIPError
@@ -121,6 +121,7 @@ def check_run_config(cfg, eval_only: bool) -> None:
                 "ClearCLIP is training-free: there is nothing to train; run with --eval-only to evaluate"
             )
     check_weights_file(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS", cfg.MODEL.CLEARCLIP.TRUST_PICKLED_WEIGHTS)
+    check_num_workers(cfg.DATALOADER.NUM_WORKERS)
     if cfg.MODEL.BACKBONE.NAME == "build_clearclip_backbone":
         check_clearclip_backbone_config(cfg)
     if eval_only and not cfg.DATASETS.TEST:

@@ -18,6 +18,7 @@ from ..checks import (
     check_prob_threshold,
     check_sliding_window,
     check_templates,
+    check_text_batch_size,
     check_vocabulary_matches_dataset,
     check_window_padding,
 )
@@ -147,6 +148,7 @@ class ClearCLIPSegmentor(nn.Module):
         """
         super().__init__()
         check_templates(prompt_templates)
+        check_text_batch_size(text_batch_size)
         check_input_format(input_format)
         check_pixel_normalisation(pixel_mean, pixel_std)
         check_class_chunking(class_chunk, max_dense_elements)

@@ -138,8 +138,26 @@ def _register_json_config(path: str) -> str:
         raise ClearCLIPError(f"model-config JSON {path} needs 'embed_dim', 'vision_cfg' and 'text_cfg' (open_clip format)")
     if not _is_plain_vit(model_cfg):
         raise ClearCLIPError(f"model-config JSON {path} does not describe a plain ViT image tower")
+    check_vision_geometry(model_cfg["vision_cfg"], path)
     open_clip.add_model_config(path)
     return os.path.splitext(os.path.basename(path))[0]
+
+
+def check_vision_geometry(vision: Dict, path: str) -> None:
+    """A model-config JSON's image tower: at least one layer, a positive patch no larger than the
+    image size (sizes may be ints or [height, width] pairs)."""
+
+    def sides(value):
+        return list(value) if isinstance(value, (list, tuple)) else [value, value]
+
+    layers, patch, image = vision.get("layers", 12), sides(vision.get("patch_size", 16)), sides(vision.get("image_size", 224))
+    if not isinstance(layers, int) or layers < 1:
+        raise ClearCLIPError(f"model-config JSON {path}: vision_cfg.layers {layers!r} must be a whole number >= 1")
+    if not all(isinstance(v, int) and v > 0 for v in patch + image) or any(p > i for p, i in zip(patch, image)):
+        raise ClearCLIPError(
+            f"model-config JSON {path}: vision_cfg.patch_size {vision.get('patch_size')} must be a positive size no "
+            f"larger than vision_cfg.image_size {vision.get('image_size')}"
+        )
 
 
 def resolve_checkpoint(arch: str, pretrained: str, cache_dir: Optional[str]) -> Tuple[Optional[str], bool]:
