@@ -189,3 +189,26 @@ def test_train_net_names_an_unwritable_output_dir(tiny_model_files, tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert f"OUTPUT_DIR {UNWRITABLE} cannot be written" in result.stderr.strip().splitlines()[-1]
     assert "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------------------------- item 11
+def test_a_video_that_stops_decoding_part_way_is_warned_about(tmp_path, caplog):
+    import logging
+
+    import cv2
+
+    from clearclip_d2.engine.video import probe_video, read_video_frames
+
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (64, 48))
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        writer.write(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    writer.release()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # a truncated download
+    expected = probe_video(str(path)).frames
+    with caplog.at_level(logging.WARNING):
+        frames = list(read_video_frames(str(path), "RGB", expected))
+    assert 0 < len(frames) < expected == 10
+    assert f"frames stopped decoding after frame {len(frames)} of the 10" in caplog.text

@@ -180,7 +180,7 @@ def segment_video(job: Job, segment: Segmenter, input_format: str, progress) -> 
     writer = None
     count = 0
     try:
-        for count, frame in enumerate(read_video_frames(job.source, input_format), start=1):
+        for count, frame in enumerate(read_video_frames(job.source, input_format, job.video.frames), start=1):
             stem = f"{job.stem}_{count - 1:06d}"
             _, overlay = segment(frame, f"{stem}_overlay.png", stem)
             if writer is None:
