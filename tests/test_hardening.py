@@ -212,3 +212,37 @@ def test_a_video_that_stops_decoding_part_way_is_warned_about(tmp_path, caplog):
         frames = list(read_video_frames(str(path), "RGB", expected))
     assert 0 < len(frames) < expected == 10
     assert f"frames stopped decoding after frame {len(frames)} of the 10" in caplog.text
+
+
+# --------------------------------------------------------------------------- item 7
+def evaluate_with_a_worker(cfg, name, output_dir, skip):
+    """test_resumable.evaluate with the images read in a DataLoader worker process."""
+    from detectron2.data import build_detection_test_loader
+
+    from test_resumable import StandInModel
+    from clearclip_d2.data import ClearCLIPDatasetMapper
+    from clearclip_d2.evaluation import ClearCLIPSemSegEvaluator
+    from clearclip_d2.evaluation.resumable import plan_evaluation, run_planned_evaluation
+
+    evaluator = ClearCLIPSemSegEvaluator(name, output_dir=output_dir, skip_bad_images=skip)
+    mapper = ClearCLIPDatasetMapper(cfg, False, mark_bad_images=True)
+    plan = plan_evaluation(cfg, name, output_dir, False)
+    return run_planned_evaluation(
+        StandInModel(), plan, evaluator, lambda dicts: build_detection_test_loader(dicts, mapper=mapper, num_workers=1)
+    )
+
+
+def test_an_extreme_aspect_ratio_is_a_bad_image_caught_by_skip_bad_images(tiny_model_files, tmp_path):
+    from test_resumable import SIZES, register, unregister, write_dataset
+
+    write_dataset(str(tmp_path / "data"), sizes=SIZES[:2] + [(2, 10000)])
+    name = register(str(tmp_path / "data"))
+    try:
+        cfg = tiny_cfg(tiny_model_files)
+        with pytest.raises(ClearCLIPError, match=r"image .*002\.jpg: a 10000x2 image resized .* aspect ratio is too extreme"):
+            evaluate_with_a_worker(cfg, name, str(tmp_path / "stop"), skip=False)
+        results = evaluate_with_a_worker(cfg, name, str(tmp_path / "skip"), skip=True)
+        assert results["evaluation"] == {"images": 2, "skipped_images": 1}
+        assert "002.jpg" in (tmp_path / "skip" / "skipped.txt").read_text()
+    finally:
+        unregister(name)

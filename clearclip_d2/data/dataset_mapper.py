@@ -73,17 +73,24 @@ class ClearCLIPDatasetMapper:
             "mark_bad_images": mark_bad_images,
         }
 
+    def resize(self, aug_input: T.AugInput, file_name: str) -> None:
+        """Apply the augmentations in place; an image they cannot handle is named."""
+        try:
+            self.augmentations(aug_input)
+        except ClearCLIPError as e:
+            raise ClearCLIPError(f"image {file_name}: {e}") from e
+
     def __call__(self, dataset_dict: Dict) -> Dict:
         dataset_dict = copy.deepcopy(dataset_dict)
         try:
             image = read_image_or_fail(dataset_dict["file_name"], self.image_format)
+            aug_input = T.AugInput(image)
+            self.resize(aug_input, dataset_dict["file_name"])
         except ClearCLIPError as e:
             if not self.mark_bad_images:
                 raise
             return dict(dataset_dict, **{BAD_INPUT_KEY: str(e)})
         height, width = image.shape[:2]
-        aug_input = T.AugInput(image)
-        self.augmentations(aug_input)
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
         dataset_dict["height"], dataset_dict["width"] = height, width
         return dataset_dict
