@@ -246,3 +246,21 @@ def test_an_extreme_aspect_ratio_is_a_bad_image_caught_by_skip_bad_images(tiny_m
         assert "002.jpg" in (tmp_path / "skip" / "skipped.txt").read_text()
     finally:
         unregister(name)
+
+
+# --------------------------------------------------------------------------- item 8: EXIF
+def test_an_exif_rotated_image_that_mismatches_its_label_map_says_exif(tmp_path):
+    from PIL import Image
+
+    from clearclip_d2.data import read_image_or_fail
+    from clearclip_d2.evaluation.bad_inputs import check_label_map
+
+    image_file = tmp_path / "photo.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown portrait
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(image_file, exif=exif)
+    image = read_image_or_fail(str(image_file), "RGB")
+    assert image.shape[:2] == (40, 30)
+    label = np.zeros((30, 40), np.int64)  # made from the stored pixels
+    with pytest.raises(ClearCLIPError, match="label map .* is 40x30 but its image .*photo.jpg is 30x40 as read: its EXIF orientation 6"):
+        check_label_map(label, image.shape[:2], 3, 255, "photo.png", str(image_file))

@@ -46,6 +46,22 @@ def read_image_or_fail(file_name: str, image_format: str) -> np.ndarray:
     return image
 
 
+# EXIF orientations that turn the image by 90 degrees when it is read (width and height swap).
+EXIF_ORIENTATION_TAG = 0x0112
+TRANSPOSING_EXIF_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def exif_orientation(file_name: str) -> int:
+    """The image's EXIF orientation (1 = as stored; 0 when it has none or cannot be read).
+    Detectron2's ``read_image`` applies it, so a label map made from the stored pixels of an
+    image with orientation 5-8 has width and height swapped."""
+    try:
+        with Image.open(file_name) as image:
+            return int(image.getexif().get(EXIF_ORIENTATION_TAG, 0))
+    except Exception:  # an unreadable image is reported by its reader
+        return 0
+
+
 class ClearCLIPDatasetMapper:
     """Map a Detectron2 dataset dict to the model's input.
 

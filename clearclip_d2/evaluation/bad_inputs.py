@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
-from ..data.dataset_mapper import BAD_INPUT_KEY
+from ..data.dataset_mapper import BAD_INPUT_KEY, TRANSPOSING_EXIF_ORIENTATIONS, exif_orientation
 from ..utils.errors import ClearCLIPError, some_values
 from ..utils.io import atomic_write
 
@@ -67,7 +67,7 @@ def check_label_map(
     if tuple(label.shape) != tuple(image_size):
         raise ClearCLIPError(
             f"label map {label_file} is {_size(label.shape)} but its image {image_file} is "
-            f"{_size(image_size)}; labels must match their image"
+            f"{_size(image_size)}{_exif_hint(label.shape, image_size, image_file)}; labels must match their image"
         )
     bad = (label < 0) | ((label >= num_classes) & (label != ignore_label))
     if bad.any():
@@ -76,6 +76,17 @@ def check_label_map(
             f"not the ignore label {ignore_label} (values {some_values(np.unique(label[bad]), 10)}); prepare the "
             "dataset again with its datasets/prepare_*.py script, or check its stuff_classes and ignore_label"
         )
+
+
+def _exif_hint(label_shape: Sequence[int], image_size: Sequence[int], image_file: str) -> str:
+    """Why the sizes may differ when the label map is the image turned by 90 degrees."""
+    orientation = exif_orientation(image_file)
+    if tuple(label_shape) == tuple(image_size)[::-1] and orientation in TRANSPOSING_EXIF_ORIENTATIONS:
+        return (
+            f" as read: its EXIF orientation {orientation} turns it by 90 degrees, as Detectron2 reads images; "
+            "remove the EXIF orientation tag (keeping the stored pixels) or turn the label map the same way"
+        )
+    return ""
 
 
 def _size(shape: Sequence[int]) -> str:
