@@ -60,3 +60,22 @@ def test_stopping_the_launcher_stops_every_rank(busy_root, tmp_path, tiny_model_
         for pid in ranks:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_rank_stopped_by_a_bad_image_reports_what_all_ranks_did(tmp_path, tiny_model_files):
+    """Rank 1's first image is corrupt; rank 0 evaluates on until the launcher stops it. The count
+    reported is the one on disk once every process has ended (issue 12, item 10)."""
+    from test_long_evaluation import corrupt_jpeg
+
+    root = tmp_path / "data"
+    images, _ = write_coco_stuff(root, [(48, 64)] * 8, block=20, ignore_rows=3)
+    corrupt_jpeg(images / "000000000004.jpg")  # the first image of rank 1 (ranks take halves)
+    cmd, env = train_net_command(root, tmp_path / "out", *SMALL_INPUT, num_gpus=2, model_files=tiny_model_files,
+                                 templates=ONE_TEMPLATE)
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("train_net.py:")]
+    assert "000000000004.jpg" in lines[-2] and "stopped after" not in lines[-2], lines
+    done = len(shard_files(tmp_path / "out"))
+    assert f"{done} of 8 images of coco_2017_val_stuff_sem_seg were evaluated (all processes together)" in lines[-1], (lines, done)

@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from detectron2.engine import default_argument_parser  # noqa: E402
 
 from clearclip_d2.engine.defaults import default_setup, launch_reporting_user_errors, output_folder_lock_of_run  # noqa: E402
-from clearclip_d2.engine.trainer import Trainer, check_run_config, write_metrics  # noqa: E402
+from clearclip_d2.engine.trainer import Trainer, check_run_config, report_evaluation_progress, write_metrics  # noqa: E402
 from clearclip_d2.modeling.checkpoint import SafeDetectionCheckpointer  # noqa: E402
 from clearclip_d2.utils.cli import exit_on_user_error, load_run_config  # noqa: E402
 
@@ -90,4 +90,6 @@ if __name__ == "__main__":
         run_cfg = load_run_config(arguments.config_file, arguments.opts)
         check_run_config(run_cfg, arguments.eval_only)  # before any process starts
         with output_folder_lock_of_run(run_cfg, arguments):  # one run per OUTPUT_DIR, until every process ends
-            launch_reporting_user_errors(main, arguments, PROGRAM)
+            launch_reporting_user_errors(
+                main, arguments, PROGRAM, after_worker_error=lambda: report_evaluation_progress(run_cfg, PROGRAM)
+            )

@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 from functools import partial
+from typing import Callable, Optional
 
 from detectron2.engine import default_setup as detectron2_default_setup
 from detectron2.engine import launch
@@ -90,11 +91,12 @@ def report_user_errors(main, program: str, args):
         sys.exit(EXIT_USER_ERROR)
 
 
-def launch_reporting_user_errors(main, args, program: str) -> None:
+def launch_reporting_user_errors(main, args, program: str, after_worker_error: Optional[Callable[[], None]] = None) -> None:
     """Detectron2's ``launch(main, args.num_gpus, ...)`` with the machine flags of
     ``default_argument_parser``. With several processes, a worker's user error is printed by the
-    worker (:func:`report_user_errors`) and the run exits with status 2; with one, it reaches the
-    caller as the exception."""
+    worker (:func:`report_user_errors`), then ``after_worker_error()`` runs once every process
+    has ended (to report what they did together), and the run exits with status 2; with one,
+    it reaches the caller as the exception."""
     world_size = args.num_gpus * args.num_machines
     try:
         with workers_stop_on_sigterm():
@@ -109,5 +111,7 @@ def launch_reporting_user_errors(main, args, program: str) -> None:
     except Exception as exc:  # a worker failed: its own message was printed already
         if type(exc).__name__ in ("ProcessExitedException", "ProcessRaisedException") and not is_user_error(exc):
             if getattr(exc, "exit_code", None) == EXIT_USER_ERROR:
+                if after_worker_error is not None:
+                    after_worker_error()
                 sys.exit(EXIT_USER_ERROR)
         raise

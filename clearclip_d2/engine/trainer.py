@@ -9,6 +9,7 @@ any process starts.
 
 import logging
 import os
+import sys
 from collections import OrderedDict
 
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
@@ -23,7 +24,9 @@ from ..data.datasets import check_dataset_prepared
 from ..data.sem_seg_train import build_sem_seg_train_mapper
 from ..data.vocabulary import load_vocabulary_file
 from ..evaluation import ClearCLIPSemSegEvaluator
+from ..evaluation.bad_inputs import progress_message
 from ..evaluation.resumable import plan_evaluation, run_planned_evaluation
+from ..evaluation.shards import SHARD_FOLDER, ShardStore
 from ..checks import check_num_workers, check_vocabulary_matches_dataset, check_weights_file
 from ..modeling.backbone import check_clearclip_backbone_config
 from ..modeling.checkpoint import safe_checkpointer_like
@@ -135,6 +138,17 @@ def check_run_config(cfg, eval_only: bool) -> None:
         for dataset_name in cfg.DATASETS.TEST:
             num_classes = len(MetadataCatalog.get(dataset_name).get("stuff_classes") or [])
             check_vocabulary_matches_dataset(num_names, dataset_name, num_classes, f"MODEL.CLEARCLIP.CLASS_NAMES_FILE {cfg.MODEL.CLEARCLIP.CLASS_NAMES_FILE}")
+
+
+def report_evaluation_progress(cfg, program: str) -> None:
+    """After the processes of an evaluation stopped at a bad file have all ended: print, per test
+    dataset, how many images are done (the shards on disk, written by every process)."""
+    for dataset_name in cfg.DATASETS.TEST:
+        store = ShardStore(os.path.join(evaluation_output_dir(cfg, dataset_name), SHARD_FOLDER), "")
+        fingerprint = store.read_fingerprint() if os.path.isdir(store.folder) else None
+        if fingerprint is not None:
+            total = (fingerprint.get("dataset") or {}).get("images", "?")
+            print(f"{program}: {progress_message(dataset_name, store.count(), total, store.folder)}", file=sys.stderr, flush=True)
 
 
 def write_metrics(cfg, results):

@@ -16,7 +16,7 @@ out of the batches before the model sees them.
 
 import logging
 import os
-from typing import Callable, Iterable, Iterator, List, Sequence, Tuple
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -93,8 +93,10 @@ def _size(shape: Sequence[int]) -> str:
     return f"{shape[1]}x{shape[0]}" if len(shape) == 2 else "x".join(str(s) for s in shape)
 
 
-def stop_message(reason: str, done: int, total: int, shard_folder: str) -> str:
-    """The one line that ends an evaluation at a bad file (without ``--skip-bad-images``)."""
+def stop_message(reason: str, done: Optional[int], total: int, shard_folder: str) -> str:
+    """The one line that ends an evaluation at a bad file (without ``--skip-bad-images``).
+    ``done`` None: several processes evaluate, and the count of all of them together is known
+    only once they have all ended (the launcher reports it: :func:`progress_message`)."""
     if shard_folder:
         kept = (
             f"their results are kept in {shard_folder}: fix or remove the file, then rerun with "
@@ -102,9 +104,18 @@ def stop_message(reason: str, done: int, total: int, shard_folder: str) -> str:
         )
     else:
         kept = "nothing is kept without an OUTPUT_DIR"
+    stopped = "stopped" if done is None else f"stopped after {done} of {total} images"
     return (
-        f"{reason}; stopped after {done} of {total} images ({kept}), or rerun with --skip-bad-images "
+        f"{reason}; {stopped} ({kept}), or rerun with --skip-bad-images "
         f"to leave bad files out and list them in {SKIPPED_FILE}"
+    )
+
+
+def progress_message(dataset_name: str, done: int, total: int, shard_folder: str) -> str:
+    """What an evaluation stopped by a bad file had done, all its processes together."""
+    return (
+        f"{done} of {total} images of {dataset_name} were evaluated (all processes together); their results "
+        f"are kept in {shard_folder} for --resume-eval"
     )
 
 
