@@ -9,8 +9,10 @@ The lock is an advisory ``flock`` on ``OUTPUT_DIR/.clearclip_d2.lock``: the kern
 when the holding process ends, however it ends (``kill -9`` included), so a lock left by a dead
 process is never in the way -- the next run takes it over and says so. The file also records the
 holder (pid, host, start time, command) for the refusal message; it is a lock, not data, so it is
-written in place. Taking the lock is also the check that ``OUTPUT_DIR`` can be created and
-written (:func:`~.io.check_writable_folder`).
+written in place. A run that ends normally removes the file (while holding the lock; a run that
+opened it just before checks, once locked, that it is still the file at that path). Taking the
+lock is also the check that ``OUTPUT_DIR`` can be created and written
+(:func:`~.io.check_writable_folder`).
 """
 
 import contextlib
@@ -72,17 +74,32 @@ def output_folder_lock(folder: str, key: str = "OUTPUT_DIR") -> Iterator[None]:
     """
     check_writable_folder(folder, key)
     path = os.path.join(folder, LOCK_FILE)
+    fd = _open_locked(path, folder, key)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise ClearCLIPError(f"cannot create the lock file {path} of {key} {folder}: {e.strerror}") from e
-    try:
-        _acquire(fd, folder, key)
+        _record_holder(fd, folder, key)
         yield
         with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)  # a clean end; a record left behind means the holder died
+            os.remove(path)  # a clean end; a file left behind means its holder died
     finally:
-        os.close(fd)  # releases the flock; the file stays (removing it would race with a new holder)
+        os.close(fd)  # releases the flock
+
+
+def _open_locked(path: str, folder: str, key: str) -> int:
+    """Open and lock the lock file at ``path``: the descriptor, locked by this process."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ClearCLIPError(f"cannot create the lock file {path} of {key} {folder}: {e.strerror}") from e
+        try:
+            _acquire(fd, folder, key)
+        except BaseException:
+            os.close(fd)
+            raise
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        os.close(fd)  # the holder removed this file as it ended: lock the new one
 
 
 def _acquire(fd: int, folder: str, key: str) -> None:
@@ -95,6 +112,9 @@ def _acquire(fd: int, folder: str, key: str) -> None:
             f"{key} {folder} is in use by {_describe(_read_holder(fd))}: two runs in one folder would mix their "
             f"results; use another {key}, or wait for that run to end"
         ) from e
+
+
+def _record_holder(fd: int, folder: str, key: str) -> None:
     earlier = _read_holder(fd)
     if earlier and earlier.get("host") == socket.gethostname() and not pid_is_running(int(earlier.get("pid", -1))):
         logger.warning(f"{key} {folder}: taking over the lock of a run that ended without releasing it (pid {earlier.get('pid')})")
