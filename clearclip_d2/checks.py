@@ -18,12 +18,15 @@ from ``modeling`` to ``checks``; ``import clearclip_d2`` imports ``modeling`` (t
 Detectron2's registries), so the registered checks are always in place when a config is checked.
 """
 
+import math
+import os
 from typing import Callable, List, Optional, Sequence
 
 import torch
 
 from .constants import (
     ATTENTION_VARIANT_NAMES,
+    CLIP_PIXEL_STD,
     INPUT_FORMATS,
     PRECISION_NAMES,
     PROB_THRESHOLD_FROM_DATASET,
@@ -64,6 +67,18 @@ def check_input_format(input_format: str, owner: str = "") -> None:
         raise ClearCLIPError(f"{prefix}INPUT.FORMAT {input_format!r} is not supported; use {' or '.join(INPUT_FORMATS)}")
 
 
+def check_pixel_normalisation(pixel_mean: Sequence[float], pixel_std: Sequence[float]) -> None:
+    """``MODEL.PIXEL_MEAN`` / ``PIXEL_STD``: three finite values each, every std > 0 (a zero
+    std divides a channel by zero and the model predicts one class everywhere)."""
+    for key, values in (("MODEL.PIXEL_MEAN", pixel_mean), ("MODEL.PIXEL_STD", pixel_std)):
+        if len(values) != 3 or not all(math.isfinite(float(v)) for v in values):
+            raise ClearCLIPError(f"{key} {list(values)} must be three finite numbers, one per channel (0-255 scale)")
+    if not all(float(v) > 0 for v in pixel_std):
+        raise ClearCLIPError(
+            f"MODEL.PIXEL_STD {list(pixel_std)} must be > 0 in every channel (CLIP's is {list(CLIP_PIXEL_STD)})"
+        )
+
+
 # --------------------------------------------------------------------------- method
 def check_attention(name: str, naclip_std: Optional[float] = None) -> None:
     """``ATTENTION`` must name a variant; ``NACLIP_GAUSSIAN_STD`` (patches, if given) must be > 0 for naclip."""
@@ -82,6 +97,18 @@ def check_templates(templates: Sequence[str]) -> None:
     for template in templates:
         if "{}" not in template:
             raise ClearCLIPError(f"prompt template {template!r} has no '{{}}' for the class name (MODEL.CLEARCLIP.PROMPT_TEMPLATES)")
+
+
+def check_text_batch_size(text_batch_size: int) -> None:
+    """``TEXT_BATCH_SIZE`` (prompts per text-encoder batch) > 0."""
+    if int(text_batch_size) <= 0:
+        raise ClearCLIPError(f"MODEL.CLEARCLIP.TEXT_BATCH_SIZE {text_batch_size} must be > 0 (prompts per text-encoder batch)")
+
+
+def check_num_workers(num_workers: int) -> None:
+    """``DATALOADER.NUM_WORKERS`` >= 0 (0 = load in the main process)."""
+    if int(num_workers) < 0:
+        raise ClearCLIPError(f"DATALOADER.NUM_WORKERS {num_workers} must be >= 0 (0 = load images in the main process)")
 
 
 def check_prob_threshold(threshold: float) -> None:
@@ -214,4 +241,36 @@ def check_rcs_layers(layers: Sequence[int], blocks_before_last: Optional[int] = 
         raise ClearCLIPError(
             f"MODEL.CLEARCLIP.RESCLIP.RCS_LAYERS {layers} must be a non-empty list of blocks before the last "
             f"({valid}, 0-based); set it for this MODEL_NAME"
+
+
+# --------------------------------------------------------------------------- weights
+PICKLED_WEIGHTS_SUFFIX = ".pkl"
+TRUST_PICKLED_WEIGHTS_KEY = "MODEL.CLEARCLIP.TRUST_PICKLED_WEIGHTS"
+
+
+def check_weights_file(path: str, key: str, trust_pickled: bool = False) -> None:
+    """A Detectron2 weights file named by ``key`` (``MODEL.WEIGHTS``, ``MASK_MODEL_WEIGHTS``):
+    a local file must exist, and a pickled ``.pkl`` (which can run code when read) needs the
+    opt-in ``MODEL.CLEARCLIP.TRUST_PICKLED_WEIGHTS`` (``trust_pickled``). URLs are not fetched here."""
+    if not path:
+        return
+    if "://" not in path and not os.path.isfile(path):
+        raise ClearCLIPError(f"{key} {path} does not exist; give an existing checkpoint file (or leave {key} empty)")
+    if path.endswith(PICKLED_WEIGHTS_SUFFIX) and not trust_pickled:
+        raise ClearCLIPError(
+            f"refusing {key} {path}: a Detectron2 .pkl file is a Python pickle, which can run code when read; "
+            f"convert it to a .pth/.safetensors state dict, or, if you trust its source, set "
+            f"{TRUST_PICKLED_WEIGHTS_KEY} True"
+        )
+
+
+# --------------------------------------------------------------------------- evaluation
+def check_vocabulary_matches_dataset(num_names: int, dataset_name: str, num_classes: int, source: str) -> None:
+    """A fixed vocabulary (``CLASS_NAMES_FILE``, ``source``) evaluated on a dataset must have one
+    name per dataset class, in the dataset's order: prediction ``i`` is scored as class ``i``."""
+    if num_names != num_classes:
+        raise ClearCLIPError(
+            f"{source} has {num_names} classes but dataset {dataset_name} has {num_classes}; predictions are "
+            f"scored by class index, so give one line per dataset class in its order (see its stuff_classes), "
+            f"or leave MODEL.CLEARCLIP.CLASS_NAMES_FILE empty to use the dataset's own classes"
         )

@@ -108,10 +108,11 @@ def add_clearclip_config(cfg: CN) -> None:
     cfg.MODEL.CLEARCLIP.WINDOW_PADDING = "centred"
     # Windows per image-encoder batch (bounds memory; results do not depend on it).
     cfg.MODEL.CLEARCLIP.WINDOW_BATCH = 8
-    # Largest queries x output height x output width for which the model returns the full
-    # probability map "sem_seg" [K, H, W]; larger outputs (big images, big vocabularies) go
-    # through the classes in chunks and return "sem_seg_labels" [H, W] instead (same argmax).
-    # 0 = always chunked. Default 2**28 floats = 1 GiB per copy.
+    # Largest queries x max(output pixels, resized-image pixels) for which the model returns the
+    # full probability map "sem_seg" [K, H, W]; larger ones (big images, big vocabularies, small
+    # images upscaled to the 448 short side) go through the classes in chunks and return
+    # "sem_seg_labels" [H, W] instead (same argmax). 0 = always chunked. Default 2**28 floats =
+    # 1 GiB per copy; the plain path holds at most 5 copies (docs/LONG_EVALUATIONS.md, memory bound).
     cfg.MODEL.CLEARCLIP.MAX_DENSE_ELEMENTS = 2**28
     # Text queries per chunk on the chunked path: memory ~ CLASS_CHUNK x output pixels x 4 B
     # (the bound: docs/LONG_EVALUATIONS.md#memory-bounds; results do not depend on it).
@@ -119,6 +120,10 @@ def add_clearclip_config(cfg: CN) -> None:
     # Expected SHA-256 (hex) of the PRETRAINED checkpoint file; a file with another hash is
     # refused ("" = not checked).
     cfg.MODEL.CLEARCLIP.PRETRAINED_SHA256 = ""
+    # Detectron2 weights (MODEL.WEIGHTS, MASK_MODEL_WEIGHTS) are read as tensors only; a
+    # Detectron2 .pkl file (model zoo) is a Python pickle that can run code when read, and is
+    # loaded only with True here (only for files from a source you trust).
+    cfg.MODEL.CLEARCLIP.TRUST_PICKLED_WEIGHTS = False
     # Folder of the text-embedding cache, one file per (model, weights, templates, queries);
     # "" = no disk cache (embeddings kept in memory only). See modeling/clip/text_cache.py.
     cfg.MODEL.CLEARCLIP.CACHE_DIR = constants.default_text_cache_dir()
@@ -184,7 +189,10 @@ def load_clearclip_config(config_file: str, opts: Sequence[str] = ()) -> CN:
     """Detectron2's default config with the ClearCLIP keys, merged from ``config_file`` and the
     ``KEY VALUE`` overrides ``opts`` (not frozen, not checked: see :func:`check_clearclip_config`).
 
-    A missing file, an unknown key or a bad value raises :class:`ClearCLIPError` in one line.
+    A missing file (or ``_BASE_`` file), a YAML syntax error, an unknown key or a bad value
+    raises :class:`ClearCLIPError` in one line. The YAML is read with ``yaml.safe_load`` only
+    (Detectron2's ``merge_from_file`` falls back to ``yaml.unsafe_load``, which can run code). An
+    integer given for a float key (``PROB_THRESHOLD 0``) is taken as that float, which yacs refuses.
     """
     from detectron2.config import get_cfg
 
@@ -192,19 +200,76 @@ def load_clearclip_config(config_file: str, opts: Sequence[str] = ()) -> CN:
 
     cfg = get_cfg()
     add_clearclip_config(cfg)
+    loaded = _read_config_file(cfg, config_file)
     try:
-        cfg.merge_from_file(config_file)
-    except FileNotFoundError as e:
-        raise ClearCLIPError(f"config file {config_file} does not exist") from e
+        if loaded.get("VERSION", cfg.VERSION) == cfg.VERSION:
+            cfg.merge_from_other_cfg(type(cfg)(_ints_as_floats(loaded, cfg)))
+        else:  # an older Detectron2 config version: Detectron2 upgrades it
+            cfg.merge_from_file(config_file, allow_unsafe=False)
     except (KeyError, ValueError, AssertionError, TypeError) as e:
         raise ClearCLIPError(f"bad config file {config_file}: {e}") from e
     if len(opts) % 2:
         raise ClearCLIPError(f"config overrides need KEY VALUE pairs, got an odd number of items: {' '.join(opts)}")
     try:
-        cfg.merge_from_list(list(opts))
+        cfg.merge_from_list(_override_ints_as_floats(list(opts), cfg))
     except (KeyError, ValueError, AssertionError, TypeError) as e:
         raise ClearCLIPError(f"bad config override ({' '.join(map(str, opts))}): {e}") from e
     return cfg
+
+
+def _read_config_file(cfg: CN, config_file: str) -> dict:
+    """The YAML of ``config_file`` merged over its ``_BASE_`` files (Detectron2's
+    ``load_yaml_with_base``, safe loading only), with one-line errors naming the file at fault."""
+    import os
+
+    import yaml
+
+    from .utils.errors import ClearCLIPError
+
+    if not os.path.isfile(config_file):
+        raise ClearCLIPError(f"config file {config_file} does not exist")
+    try:
+        return cfg.load_yaml_with_base(config_file, allow_unsafe=False) or {}
+    except FileNotFoundError as e:
+        raise ClearCLIPError(
+            f"the _BASE_ file of {config_file} does not exist: looked for {e.filename} (a _BASE_ path is relative "
+            f"to the folder of the file naming it); copy the base file there or write its full path in _BASE_"
+        ) from e
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else config_file
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ClearCLIPError(f"config file {config_file} is not valid YAML: {problem} ({where}); fix the syntax there") from e
+
+
+def _ints_as_floats(loaded, defaults):
+    """``loaded`` (a config dict) with every integer whose default in ``defaults`` is a float
+    turned into that float: the one place where ``PROB_THRESHOLD: 0`` means 0.0."""
+    if isinstance(loaded, dict) and hasattr(defaults, "items"):
+        return {key: _ints_as_floats(value, defaults.get(key)) for key, value in loaded.items()}
+    if isinstance(defaults, float) and isinstance(loaded, int) and not isinstance(loaded, bool):
+        return float(loaded)
+    return loaded
+
+
+def _override_ints_as_floats(opts: list, cfg: CN) -> list:
+    """``KEY VALUE`` overrides with :func:`_ints_as_floats` applied to each value."""
+    from ast import literal_eval
+
+    result = list(opts)
+    for index in range(0, len(result), 2):
+        default = cfg
+        for part in str(result[index]).split("."):
+            default = default.get(part) if hasattr(default, "get") else None
+        value = result[index + 1]
+        if isinstance(value, str):
+            try:
+                value = literal_eval(value)
+            except (ValueError, SyntaxError):
+                continue
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            result[index + 1] = repr(float(value)) if isinstance(result[index + 1], str) else float(value)
+    return result
 
 
 def check_clearclip_config(cfg: CN) -> None:
@@ -220,6 +285,8 @@ def check_clearclip_config(cfg: CN) -> None:
     checks.check_window_padding(cc.WINDOW_PADDING)
     checks.check_attention(cc.ATTENTION, cc.NACLIP_GAUSSIAN_STD)
     checks.check_templates(cc.PROMPT_TEMPLATES)
+    checks.check_text_batch_size(cc.TEXT_BATCH_SIZE)
+    checks.check_num_workers(cfg.DATALOADER.NUM_WORKERS)
     checks.check_precision(cc.PRECISION, cfg.MODEL.DEVICE)
     if cc.CLASS_NAMES_FILE:
         load_vocabulary_file(cc.CLASS_NAMES_FILE)
@@ -227,6 +294,7 @@ def check_clearclip_config(cfg: CN) -> None:
     checks.check_sliding_window(cc.SLIDE_CROP, cc.SLIDE_STRIDE, cc.WINDOW_BATCH)
     checks.check_class_chunking(cc.CLASS_CHUNK, cc.MAX_DENSE_ELEMENTS)
     checks.check_input_format(cfg.INPUT.FORMAT)
+    checks.check_pixel_normalisation(cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD)
     checks.check_refine(cc.REFINE, cc.PAMR_ITERATIONS, cc.PAMR_DILATIONS)
     checks.check_area_threshold(cc.AREA_THRESHOLD)
     checks.check_whole_image_upsample(cc.WHOLE_IMAGE_UPSAMPLE)

@@ -1,9 +1,11 @@
 """Peak memory of ClearCLIP forwards, measured in a fresh process (run by test_class_chunks.py).
 
 Usage: python memory_probe.py MODEL_JSON CHECKPOINT CASES_JSON, where CASES_JSON is a list of
-[height, width, num_classes, class_chunk, short_edge]. Prints one JSON line per case: the rise
-of the peak resident set size during the forward (VmHWM, reset just before it) over the
-resident size before it, the documented bound, and the size of one plain [Q, H, W] map.
+[height, width, num_classes, class_chunk, short_edge] or [..., max_dense_elements] (default the
+config's). Prints one JSON line per case: the rise of the peak resident set size during the
+forward (VmHWM, reset just before it) over the resident size before it, the documented bound of
+the chunked path ("bound") and of whichever path is taken ("guaranteed_bound"), the path taken,
+and the size of one plain [Q, H, W] map.
 """
 
 import json
@@ -32,14 +34,17 @@ def forward(model, height, width, resized):
         return model([{"image": image, "height": height, "width": width}])[0]
 
 
-def measure(model_files, height, width, num_classes, class_chunk, short_edge):
+def measure(model_files, height, width, num_classes, class_chunk, short_edge, max_dense_elements=None):
     from detectron2.modeling import build_model
 
     from clearclip_d2.data.transforms import ResizeShortLongEdge
-    from clearclip_d2.modeling.inference.class_chunks import LABELS_KEY, chunked_peak_bytes
+    from clearclip_d2.modeling.inference.class_chunks import LABELS_KEY, chunked_peak_bytes, peak_bytes_bound
 
-    cfg = tiny_cfg(model_files, **{"MODEL.CLEARCLIP.CLASS_CHUNK": class_chunk, "INPUT.MIN_SIZE_TEST": short_edge,
-                                   "MODEL.CLEARCLIP.PROMPT_TEMPLATES": ["a photo of a {}."]})
+    overrides = {"MODEL.CLEARCLIP.CLASS_CHUNK": class_chunk, "INPUT.MIN_SIZE_TEST": short_edge,
+                 "MODEL.CLEARCLIP.PROMPT_TEMPLATES": ["a photo of a {}."]}
+    if max_dense_elements is not None:
+        overrides["MODEL.CLEARCLIP.MAX_DENSE_ELEMENTS"] = max_dense_elements
+    cfg = tiny_cfg(model_files, **overrides)
     model = build_model(cfg).eval()
     model.set_vocabulary([f"thing number {i}" for i in range(num_classes)])
     rng = np.random.default_rng(0)
@@ -53,16 +58,17 @@ def measure(model_files, height, width, num_classes, class_chunk, short_edge):
         f.write("5")  # reset the peak (VmHWM) to the current resident size
     output = forward(model, height, width, resized)
     increase = status_bytes("VmHWM") - before
-    assert LABELS_KEY in output and tuple(output[LABELS_KEY].shape) == (height, width), list(output)
+    labels = output[LABELS_KEY] if LABELS_KEY in output else output["sem_seg"].argmax(0)
+    assert tuple(labels.shape) == (height, width), list(output)
     visual, cc = model.clip_model.visual, cfg.MODEL.CLEARCLIP
-    bound = chunked_peak_bytes(
-        (height, width), resized.shape[:2], cc.SLIDE_CROP, cc.SLIDE_STRIDE, model.encoder.patch_size,
-        visual.transformer.width, visual.transformer.resblocks[0].attn.num_heads, model.encoder.embed_dim,
-        cc.WINDOW_BATCH, class_chunk,
-    )
-    return {"case": [height, width, num_classes, class_chunk], "increase": increase, "bound": bound,
+    geometry = (resized.shape[:2], cc.SLIDE_CROP, cc.SLIDE_STRIDE, model.encoder.patch_size, visual.transformer.width,
+                visual.transformer.resblocks[0].attn.num_heads, model.encoder.embed_dim, cc.WINDOW_BATCH, class_chunk)
+    return {"case": [height, width, num_classes, class_chunk], "increase": increase,
+            "bound": chunked_peak_bytes((height, width), *geometry),
+            "guaranteed_bound": peak_bytes_bound((height, width), *geometry, cc.MAX_DENSE_ELEMENTS),
+            "path": "chunked" if LABELS_KEY in output else "plain",
             "dense_copy": len(model.vocabulary.queries) * height * width * 4,
-            "classes": int(output[LABELS_KEY].max()) + 1}
+            "classes": int(labels.max()) + 1}
 
 
 if __name__ == "__main__":

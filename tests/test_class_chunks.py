@@ -89,11 +89,8 @@ def test_bad_chunk_settings_are_refused(tiny_model_files):
         check_clearclip_config(tiny_cfg(tiny_model_files, **{"MODEL.CLEARCLIP.CLASS_CHUNK": 0}))
 
 
-def test_peak_memory_stays_within_the_documented_bound(tiny_model_files):
-    """A 4000 x 3000 photo (32 classes x 12 M pixels = 384 M floats) and a 2,000-class vocabulary
-    (2000 x 173 k = 346 M floats), both past the plain-output limit; measured in a fresh process
-    as the rise of the peak resident size during one forward."""
-    cases = [(3000, 4000, 32, 4, 448), (360, 480, 2000, 32, 224)]  # height, width, classes, chunk, short edge
+def measure_peak_memory(tiny_model_files, cases):
+    """The memory probe's measurements of ``cases`` (see tests/memory_probe.py), in a fresh process."""
     env = dict(os.environ, PYTHONPATH=REPO_ROOT, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1",
                MALLOC_MMAP_THRESHOLD_="131072")  # freed large buffers go back to the system at once
     result = subprocess.run(
@@ -103,7 +100,38 @@ def test_peak_memory_stays_within_the_documented_bound(tiny_model_files):
     assert result.returncode == 0, result.stderr[-3000:]
     measurements = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert len(measurements) == len(cases)
-    for measured in measurements:
+    return measurements
+
+
+def test_small_image_upscaled_for_the_encoder_stays_within_the_bound(tiny_model_files):
+    """A 64 x 48 image with 500 classes: the output map is 500 x 3,072 floats, within
+    MAX_DENSE_ELEMENTS, but the logits are averaged at the resized 298 x 224 (33 M floats, 133 MB a
+    copy). The bound must cover that intermediate: the image takes the chunked path. With a limit
+    that allows the intermediate, the plain path is taken and stays within its own bound."""
+    resized_map = 500 * 224 * 300  # the resized image is 224 x 299
+    low_limit, high_limit = measure_peak_memory(
+        tiny_model_files, [(48, 64, 500, 32, 224, 2_000_000), (48, 64, 500, 32, 224, resized_map)]
+    )
+    assert low_limit["path"] == "chunked" and high_limit["path"] == "plain", (low_limit, high_limit)
+    for measured in (low_limit, high_limit):
+        assert measured["increase"] <= measured["guaranteed_bound"] + RUNTIME_BYTES, measured
+
+
+def test_dense_elements_cover_the_output_and_the_resized_image():
+    from clearclip_d2.modeling.inference.class_chunks import dense_elements, use_class_chunks
+
+    assert dense_elements(10, (48, 64), (224, 298)) == 10 * 224 * 298
+    assert dense_elements(10, (3000, 4000), (448, 597)) == 10 * 3000 * 4000
+    assert use_class_chunks(10, (48, 64), (224, 298), 10 * 48 * 64)
+    assert not use_class_chunks(10, (48, 64), (224, 298), 10 * 224 * 298)
+
+
+def test_peak_memory_stays_within_the_documented_bound(tiny_model_files):
+    """A 4000 x 3000 photo (32 classes x 12 M pixels = 384 M floats) and a 2,000-class vocabulary
+    (2000 x 173 k = 346 M floats), both past the plain-output limit; measured in a fresh process
+    as the rise of the peak resident size during one forward."""
+    cases = [(3000, 4000, 32, 4, 448), (360, 480, 2000, 32, 224)]  # height, width, classes, chunk, short edge
+    for measured in measure_peak_memory(tiny_model_files, cases):
         assert measured["classes"] > 1
         assert measured["increase"] <= measured["bound"] + RUNTIME_BYTES, measured
         # The bound is below one copy of the plain [Q, H, W] map, of which the plain path holds several.

@@ -27,11 +27,11 @@ warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=Fu
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.engine import default_argument_parser  # noqa: E402
 
-from clearclip_d2.engine.defaults import default_setup, launch_reporting_user_errors  # noqa: E402
-from clearclip_d2.engine.trainer import Trainer, check_run_config, write_metrics  # noqa: E402
+from clearclip_d2.engine.defaults import default_setup, launch_reporting_user_errors, output_folder_lock_of_run  # noqa: E402
+from clearclip_d2.engine.trainer import Trainer, check_run_config, report_evaluation_progress, write_metrics  # noqa: E402
+from clearclip_d2.modeling.checkpoint import SafeDetectionCheckpointer  # noqa: E402
 from clearclip_d2.utils.cli import exit_on_user_error, load_run_config  # noqa: E402
 
 PROGRAM = "train_net.py"
@@ -49,7 +49,9 @@ def main(args):
     if args.eval_only:
         model = Trainer.build_model(cfg)
         if cfg.MODEL.WEIGHTS:
-            DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+            SafeDetectionCheckpointer(
+                model, cfg.OUTPUT_DIR, trust_pickled=cfg.MODEL.CLEARCLIP.TRUST_PICKLED_WEIGHTS
+            ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model, resume_eval=args.resume_eval, skip_bad_images=args.skip_bad_images)
         write_metrics(cfg, results)
         return results
@@ -85,5 +87,9 @@ if __name__ == "__main__":
     arguments = argument_parser().parse_args()
     print("Command Line Args:", arguments)
     with exit_on_user_error(PROGRAM):
-        check_run_config(load_run_config(arguments.config_file, arguments.opts), arguments.eval_only)  # before any process starts
-        launch_reporting_user_errors(main, arguments, PROGRAM)
+        run_cfg = load_run_config(arguments.config_file, arguments.opts)
+        check_run_config(run_cfg, arguments.eval_only)  # before any process starts
+        with output_folder_lock_of_run(run_cfg, arguments):  # one run per OUTPUT_DIR, until every process ends
+            launch_reporting_user_errors(
+                main, arguments, PROGRAM, after_worker_error=lambda: report_evaluation_progress(run_cfg, PROGRAM)
+            )

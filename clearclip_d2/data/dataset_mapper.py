@@ -46,6 +46,22 @@ def read_image_or_fail(file_name: str, image_format: str) -> np.ndarray:
     return image
 
 
+# EXIF orientations that turn the image by 90 degrees when it is read (width and height swap).
+EXIF_ORIENTATION_TAG = 0x0112
+TRANSPOSING_EXIF_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def exif_orientation(file_name: str) -> int:
+    """The image's EXIF orientation (1 = as stored; 0 when it has none or cannot be read).
+    Detectron2's ``read_image`` applies it, so a label map made from the stored pixels of an
+    image with orientation 5-8 has width and height swapped."""
+    try:
+        with Image.open(file_name) as image:
+            return int(image.getexif().get(EXIF_ORIENTATION_TAG, 0))
+    except Exception:  # an unreadable image is reported by its reader
+        return 0
+
+
 class ClearCLIPDatasetMapper:
     """Map a Detectron2 dataset dict to the model's input.
 
@@ -73,17 +89,24 @@ class ClearCLIPDatasetMapper:
             "mark_bad_images": mark_bad_images,
         }
 
+    def resize(self, aug_input: T.AugInput, file_name: str) -> None:
+        """Apply the augmentations in place; an image they cannot handle is named."""
+        try:
+            self.augmentations(aug_input)
+        except ClearCLIPError as e:
+            raise ClearCLIPError(f"image {file_name}: {e}") from e
+
     def __call__(self, dataset_dict: Dict) -> Dict:
         dataset_dict = copy.deepcopy(dataset_dict)
         try:
             image = read_image_or_fail(dataset_dict["file_name"], self.image_format)
+            aug_input = T.AugInput(image)
+            self.resize(aug_input, dataset_dict["file_name"])
         except ClearCLIPError as e:
             if not self.mark_bad_images:
                 raise
             return dict(dataset_dict, **{BAD_INPUT_KEY: str(e)})
         height, width = image.shape[:2]
-        aug_input = T.AugInput(image)
-        self.augmentations(aug_input)
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
         dataset_dict["height"], dataset_dict["width"] = height, width
         return dataset_dict

@@ -14,11 +14,22 @@ import numpy as np
 from detectron2.data import transforms as T
 from fvcore.transforms.transform import Transform
 
+from ..utils.errors import ClearCLIPError
+
 
 def reference_resize_shape(height: int, width: int, short_edge: int, max_long_edge: int) -> Tuple[int, int]:
-    """Output (height, width) of the reference resize for an image of ``height`` x ``width``."""
+    """Output (height, width) of the reference resize for an image of ``height`` x ``width``.
+
+    Refuses (:class:`ClearCLIPError`) an aspect ratio so extreme that a side would round to 0
+    pixels (a 2 x 10000 image: the long side down to 2048 takes the short one to 0.4)."""
     scale = min(short_edge / min(height, width), max_long_edge / max(height, width))
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    new_h, new_w = int(height * scale + 0.5), int(width * scale + 0.5)
+    if min(new_h, new_w) < 1:
+        raise ClearCLIPError(
+            f"a {width}x{height} image resized to a long side of at most {max_long_edge} (INPUT.MAX_SIZE_TEST) would "
+            f"be {new_w}x{new_h} pixels: its aspect ratio is too extreme; crop it into parts, or pad it"
+        )
+    return new_h, new_w
 
 
 class OpenCVResizeTransform(Transform):

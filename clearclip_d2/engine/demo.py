@@ -19,7 +19,7 @@ from ..data import Vocabulary, load_vocabulary_file, read_image_or_fail, vocabul
 from ..data.image_files import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, expand_inputs
 from ..utils.cli import load_segmentor_config
 from ..utils.errors import ClearCLIPError
-from ..utils.io import atomic_write
+from ..utils.io import atomic_write, check_writable_folder
 from .predictor import ClearCLIPPredictor
 from .video import AtomicVideoWriter, VideoInfo, check_video_writer, probe_video, read_video_frames
 from .visualizer import LEGEND_BACKGROUND, class_summary, draw_overlay, make_metadata, save_image, save_masks
@@ -180,7 +180,7 @@ def segment_video(job: Job, segment: Segmenter, input_format: str, progress) -> 
     writer = None
     count = 0
     try:
-        for count, frame in enumerate(read_video_frames(job.source, input_format), start=1):
+        for count, frame in enumerate(read_video_frames(job.source, input_format, job.video.frames), start=1):
             stem = f"{job.stem}_{count - 1:06d}"
             _, overlay = segment(frame, f"{stem}_overlay.png", stem)
             if writer is None:
@@ -221,9 +221,12 @@ def run_demo(
     else:
         if output.lower().endswith(IMAGE_EXTENSIONS) or (os.path.exists(output) and not os.path.isdir(output)):
             raise ClearCLIPError(f"--output {output}: the sample photos need an output folder; give a folder or --input")
+        check_writable_folder(output, "--output")
         inputs = write_sample_images(os.path.join(output, "inputs"))
         logger.info(f"No --input: using scikit-image's sample photos, saved in {os.path.join(output, 'inputs')}")
     jobs = plan_jobs(output, inputs)
+    for folder in sorted({os.path.dirname(os.path.abspath(job.overlay)) for job in jobs}):
+        check_writable_folder(folder, "--output")  # before the model is built
     if any(job.kind == "video" for job in jobs):
         check_video_writer(output)
 

@@ -19,11 +19,11 @@ from typing import Dict, List
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
 from ..data.transforms import ResizeShortLongEdge
 from ..data.vocabulary import Vocabulary
+from ..modeling.checkpoint import load_weights
 from ..modeling.inference.class_chunks import LABELS_KEY, output_labels
 from ..checks import check_input_format
 from ..utils.errors import ClearCLIPError
@@ -34,7 +34,7 @@ class ClearCLIPPredictor:
 
     * the model is built with ``detectron2.modeling.build_model`` (meta-architecture
       ``ClearCLIPSegmentor``, registered by ``import clearclip_d2``) and put in eval mode;
-      ``MODEL.WEIGHTS`` is loaded if set (CLIP weights come from ``MODEL.CLEARCLIP.PRETRAINED``);
+      ``MODEL.WEIGHTS`` is loaded if set, as tensors only (CLIP weights come from ``MODEL.CLEARCLIP.PRETRAINED``);
     * images are resized as at test time (:class:`~clearclip_d2.data.ResizeShortLongEdge` with
       ``INPUT.MIN_SIZE_TEST`` / ``INPUT.MAX_SIZE_TEST``) and predicted at their original size;
     * the vocabulary can be changed at any time with :meth:`set_vocabulary`, without rebuilding
@@ -46,7 +46,7 @@ class ClearCLIPPredictor:
         self.model = build_model(self.cfg)
         self.model.eval()
         if self.cfg.MODEL.WEIGHTS:
-            DetectionCheckpointer(self.model).load(self.cfg.MODEL.WEIGHTS)
+            load_weights(self.model, self.cfg.MODEL.WEIGHTS, self.cfg.MODEL.CLEARCLIP.TRUST_PICKLED_WEIGHTS)
         self.aug = ResizeShortLongEdge(self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST)
         self.input_format = self.cfg.INPUT.FORMAT
         check_input_format(self.input_format)
@@ -78,14 +78,15 @@ class ClearCLIPPredictor:
         Returns:
             Tensor[K, H, W] float32 per-class probabilities (K = vocabulary size) at the input's
             size, on ``cfg.MODEL.DEVICE``; ``argmax(0)`` is the predicted class map. Refused when
-            K' x H x W (K' = queries) passes ``MODEL.CLEARCLIP.MAX_DENSE_ELEMENTS``: use
+            K' x max(H x W, resized pixels) (K' = queries) passes ``MODEL.CLEARCLIP.MAX_DENSE_ELEMENTS``: use
             :meth:`predict_labels`, whose memory does not grow with the vocabulary.
         """
         output = self.predict(original_image)
         if "sem_seg" not in output:
             height, width = output[LABELS_KEY].shape
             raise ClearCLIPError(
-                f"a {len(self.model.vocabulary.queries)} x {height} x {width} probability map passes "
+                f"the probability maps of {len(self.model.vocabulary.queries)} queries at {height} x {width} (and at "
+                f"the resized image's size) pass "
                 f"MODEL.CLEARCLIP.MAX_DENSE_ELEMENTS {self.model.max_dense_elements}; use predict_labels() "
                 f"(memory bounded by MODEL.CLEARCLIP.CLASS_CHUNK) or raise MAX_DENSE_ELEMENTS"
             )

@@ -9,9 +9,10 @@ any process starts.
 
 import logging
 import os
+import sys
 from collections import OrderedDict
 
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import print_csv_format
 from detectron2.utils import comm
@@ -21,9 +22,14 @@ from ..config import check_clearclip_config
 from ..data import ClearCLIPDatasetMapper
 from ..data.datasets import check_dataset_prepared
 from ..data.sem_seg_train import build_sem_seg_train_mapper
+from ..data.vocabulary import load_vocabulary_file
 from ..evaluation import ClearCLIPSemSegEvaluator
+from ..evaluation.bad_inputs import progress_message
 from ..evaluation.resumable import plan_evaluation, run_planned_evaluation
+from ..evaluation.shards import SHARD_FOLDER, ShardStore
+from ..checks import check_num_workers, check_vocabulary_matches_dataset, check_weights_file
 from ..modeling.backbone import check_clearclip_backbone_config
+from ..modeling.checkpoint import safe_checkpointer_like
 from ..utils.errors import ClearCLIPError
 from ..utils.io import atomic_write_json
 
@@ -34,6 +40,12 @@ SUMMARY_METRICS = ("mIoU", "mIoU-mmseg", "fwIoU", "mACC", "pACC")
 class Trainer(DefaultTrainer):
     """Detectron2's trainer with ClearCLIP's test-time data path and evaluator (resumable, bad
     files stopped or skipped), and the sem-seg train loader for heads on the ClearCLIP backbone."""
+
+    def build_hooks(self):
+        """Detectron2's hooks, with its checkpointer (built just before, and saved by the
+        periodic-checkpoint hook) replaced by one that reads weights as tensors only."""
+        self.checkpointer = safe_checkpointer_like(self.checkpointer, self.cfg)
+        return super().build_hooks()
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None, skip_bad_images=False):
@@ -111,6 +123,8 @@ def check_run_config(cfg, eval_only: bool) -> None:
             raise ClearCLIPError(
                 "ClearCLIP is training-free: there is nothing to train; run with --eval-only to evaluate"
             )
+    check_weights_file(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS", cfg.MODEL.CLEARCLIP.TRUST_PICKLED_WEIGHTS)
+    check_num_workers(cfg.DATALOADER.NUM_WORKERS)
     if cfg.MODEL.BACKBONE.NAME == "build_clearclip_backbone":
         check_clearclip_backbone_config(cfg)
     if eval_only and not cfg.DATASETS.TEST:
@@ -119,6 +133,22 @@ def check_run_config(cfg, eval_only: bool) -> None:
         raise ClearCLIPError("DATASETS.TRAIN is empty: name the datasets to train on")
     for dataset_name in cfg.DATASETS.TEST if eval_only else [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]:
         check_dataset_prepared(dataset_name)
+    if cfg.MODEL.META_ARCHITECTURE == "ClearCLIPSegmentor" and cfg.MODEL.CLEARCLIP.CLASS_NAMES_FILE:
+        num_names = len(load_vocabulary_file(cfg.MODEL.CLEARCLIP.CLASS_NAMES_FILE))
+        for dataset_name in cfg.DATASETS.TEST:
+            num_classes = len(MetadataCatalog.get(dataset_name).get("stuff_classes") or [])
+            check_vocabulary_matches_dataset(num_names, dataset_name, num_classes, f"MODEL.CLEARCLIP.CLASS_NAMES_FILE {cfg.MODEL.CLEARCLIP.CLASS_NAMES_FILE}")
+
+
+def report_evaluation_progress(cfg, program: str) -> None:
+    """After the processes of an evaluation stopped at a bad file have all ended: print, per test
+    dataset, how many images are done (the shards on disk, written by every process)."""
+    for dataset_name in cfg.DATASETS.TEST:
+        store = ShardStore(os.path.join(evaluation_output_dir(cfg, dataset_name), SHARD_FOLDER), "")
+        fingerprint = store.read_fingerprint() if os.path.isdir(store.folder) else None
+        if fingerprint is not None:
+            total = (fingerprint.get("dataset") or {}).get("images", "?")
+            print(f"{program}: {progress_message(dataset_name, store.count(), total, store.folder)}", file=sys.stderr, flush=True)
 
 
 def write_metrics(cfg, results):

@@ -1,6 +1,7 @@
 """The demo's video reading and writing with OpenCV: probe, frames, atomic overlay videos."""
 
 import contextlib
+import logging
 import os
 import shutil
 import sys
@@ -11,6 +12,8 @@ from typing import Iterator, Tuple
 import numpy as np
 
 from ..utils.errors import ClearCLIPError
+
+logger = logging.getLogger(__name__)
 
 OUTPUT_VIDEO_FOURCC = "mp4v"  # MPEG-4 part 2: the mp4 encoder every OpenCV wheel has
 FALLBACK_FPS = 25.0
@@ -77,19 +80,28 @@ def probe_video(path: str) -> VideoInfo:
         capture.release()
 
 
-def read_video_frames(path: str, image_format: str) -> Iterator[np.ndarray]:
-    """H x W x 3 uint8 frames in ``image_format`` (OpenCV decodes to BGR)."""
+def read_video_frames(path: str, image_format: str, expected_frames: int = 0) -> Iterator[np.ndarray]:
+    """H x W x 3 uint8 frames in ``image_format`` (OpenCV decodes to BGR). When decoding stops
+    before ``expected_frames`` (the count the container reports), a warning says where."""
     import cv2
 
     capture = cv2.VideoCapture(path)
+    decoded = 0
     try:
         while True:
-            ok, frame = capture.read()
+            with quiet_opencv():
+                ok, frame = capture.read()
             if not ok:
-                return
+                break
+            decoded += 1
             yield np.ascontiguousarray(frame[:, :, ::-1]) if image_format == "RGB" else frame
     finally:
         capture.release()
+    if decoded < expected_frames:
+        logger.warning(
+            f"video {path}: frames stopped decoding after frame {decoded} of the {expected_frames} its container "
+            f"reports (a truncated or damaged file?); the overlay video ends there"
+        )
 
 
 def check_video_writer(folder: str) -> None:

@@ -16,11 +16,11 @@ out of the batches before the model sees them.
 
 import logging
 import os
-from typing import Callable, Iterable, Iterator, List, Sequence, Tuple
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..data.dataset_mapper import BAD_INPUT_KEY
+from ..data.dataset_mapper import BAD_INPUT_KEY, TRANSPOSING_EXIF_ORIENTATIONS, exif_orientation
 from ..utils.errors import ClearCLIPError, some_values
 from ..utils.io import atomic_write
 
@@ -67,7 +67,7 @@ def check_label_map(
     if tuple(label.shape) != tuple(image_size):
         raise ClearCLIPError(
             f"label map {label_file} is {_size(label.shape)} but its image {image_file} is "
-            f"{_size(image_size)}; labels must match their image"
+            f"{_size(image_size)}{_exif_hint(label.shape, image_size, image_file)}; labels must match their image"
         )
     bad = (label < 0) | ((label >= num_classes) & (label != ignore_label))
     if bad.any():
@@ -78,12 +78,25 @@ def check_label_map(
         )
 
 
+def _exif_hint(label_shape: Sequence[int], image_size: Sequence[int], image_file: str) -> str:
+    """Why the sizes may differ when the label map is the image turned by 90 degrees."""
+    orientation = exif_orientation(image_file)
+    if tuple(label_shape) == tuple(image_size)[::-1] and orientation in TRANSPOSING_EXIF_ORIENTATIONS:
+        return (
+            f" as read: its EXIF orientation {orientation} turns it by 90 degrees, as Detectron2 reads images; "
+            "remove the EXIF orientation tag (keeping the stored pixels) or turn the label map the same way"
+        )
+    return ""
+
+
 def _size(shape: Sequence[int]) -> str:
     return f"{shape[1]}x{shape[0]}" if len(shape) == 2 else "x".join(str(s) for s in shape)
 
 
-def stop_message(reason: str, done: int, total: int, shard_folder: str) -> str:
-    """The one line that ends an evaluation at a bad file (without ``--skip-bad-images``)."""
+def stop_message(reason: str, done: Optional[int], total: int, shard_folder: str) -> str:
+    """The one line that ends an evaluation at a bad file (without ``--skip-bad-images``).
+    ``done`` None: several processes evaluate, and the count of all of them together is known
+    only once they have all ended (the launcher reports it: :func:`progress_message`)."""
     if shard_folder:
         kept = (
             f"their results are kept in {shard_folder}: fix or remove the file, then rerun with "
@@ -91,9 +104,18 @@ def stop_message(reason: str, done: int, total: int, shard_folder: str) -> str:
         )
     else:
         kept = "nothing is kept without an OUTPUT_DIR"
+    stopped = "stopped" if done is None else f"stopped after {done} of {total} images"
     return (
-        f"{reason}; stopped after {done} of {total} images ({kept}), or rerun with --skip-bad-images "
+        f"{reason}; {stopped} ({kept}), or rerun with --skip-bad-images "
         f"to leave bad files out and list them in {SKIPPED_FILE}"
+    )
+
+
+def progress_message(dataset_name: str, done: int, total: int, shard_folder: str) -> str:
+    """What an evaluation stopped by a bad file had done, all its processes together."""
+    return (
+        f"{done} of {total} images of {dataset_name} were evaluated (all processes together); their results "
+        f"are kept in {shard_folder} for --resume-eval"
     )
 
 

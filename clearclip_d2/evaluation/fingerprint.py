@@ -33,6 +33,7 @@ RESULT_NEUTRAL_KEYS = frozenset(
         "MODEL.CLEARCLIP.WEIGHTS_CACHE_DIR",
         "MODEL.CLEARCLIP.CACHE_DIR",
         "MODEL.CLEARCLIP.PRETRAINED_SHA256",
+        "MODEL.CLEARCLIP.TRUST_PICKLED_WEIGHTS",
         # Stand for weights: the fingerprint holds the file hashes instead of the paths.
         "MODEL.CLEARCLIP.PRETRAINED",
         "MODEL.CLEARCLIP.PROXY.PRETRAINED",

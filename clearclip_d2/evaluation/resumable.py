@@ -28,7 +28,7 @@ from detectron2.utils import comm
 from ..utils.errors import ClearCLIPError
 from .bad_inputs import BadInputFilter
 from .fingerprint import evaluation_fingerprint, fingerprint_difference
-from .shards import SHARD_FOLDER, ImageResult, ShardStore, add_counts, common_folder
+from .shards import SHARD_FOLDER, ImageResult, ShardStore, add_counts, common_folder, fingerprint_digest
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def plan_evaluation(cfg, dataset_name: str, output_dir: str, resume: bool) -> Ev
     if comm.is_main_process():
         try:
             done = _open_store(store, cfg, dataset_name, dicts, resume)
-            decision = ("ok", sorted(done))
+            decision = ("ok", sorted(done), store.fingerprint_digest)
         except ClearCLIPError as e:
             decision = ("error", str(e))
     if comm.get_world_size() > 1:
@@ -127,12 +127,14 @@ def plan_evaluation(cfg, dataset_name: str, output_dir: str, resume: bool) -> Ev
     if decision[0] == "error":
         raise ClearCLIPError(decision[1])
     done_files = set(decision[1])
+    store.fingerprint_digest = decision[2]  # the other processes' shards carry the main process's digest
     remaining = [d for d in dicts if d["file_name"] not in done_files]
     return EvaluationPlan(remaining, store, done)
 
 
 def _open_store(store: ShardStore, cfg, dataset_name: str, dicts: List[Dict], resume: bool) -> Dict[str, ImageResult]:
     fingerprint = evaluation_fingerprint(cfg, dataset_name, dicts)
+    store.fingerprint_digest = fingerprint_digest(fingerprint)
     stored = store.read_fingerprint() if resume else None
     if stored is None:
         if resume:

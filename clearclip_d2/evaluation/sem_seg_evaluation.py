@@ -12,6 +12,7 @@ import pycocotools.mask as mask_util
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
 from PIL import Image
 
 from ..modeling.inference.class_chunks import output_labels
@@ -144,6 +145,9 @@ class ClearCLIPSemSegEvaluator(DatasetEvaluator):
         if not self._skip_bad_images:
             store = self._plan.store if self._plan is not None else None
             done = store.count() if store is not None else len(self._state.predictions_by_file)
+            if self._distributed and comm.get_world_size() > 1:
+                done = None  # the other processes go on until they are stopped: the launcher counts
+
             raise ClearCLIPError(
                 stop_message(reason, done, len(self._dataset_order), store.folder if store is not None else "")
             )

@@ -9,7 +9,11 @@ evaluated it::
     <output dir>/eval_shards/images/<id>.json      one image each
 
 Each shard also records the files its result came from (:func:`input_files_identity`): a shard
-whose image or label map has changed since is not used, and that image is evaluated again.
+whose image or label map has changed since is not used, and that image is evaluated again. And
+each shard records the digest of the evaluation's fingerprint (:func:`fingerprint_digest`): a
+shard of another evaluation (another run that wrote into the same folder) is never counted, nor
+is a shard whose counts are not a confusion matrix's (a cell outside the matrix, a negative or
+non-integer count: a hand-edited or damaged file).
 """
 
 import hashlib
@@ -83,13 +87,40 @@ def result_to_json(result: ImageResult, key: str, num_classes: int) -> Dict[str,
 
 
 def result_from_json(record: Dict[str, Any], file_name: str) -> ImageResult:
+    """The :class:`ImageResult` of a shard record; ``ValueError`` when its counts are not those
+    of a ``(K+1) x (K+1)`` confusion matrix (K = ``record["num_classes"]``)."""
+    num_cells = (int(record["num_classes"]) + 1) ** 2
+
     def decode(counts):
         if counts is None:
             return None
-        return np.asarray(counts["index"], dtype=np.int64), np.asarray(counts["count"], dtype=np.int64)
+        return checked_counts(counts["index"], counts["count"], num_cells)
 
     predictions = [{"file_name": file_name, **entry} for entry in record["predictions"]]
     return ImageResult(file_name, decode(record["confusion"]), decode(record["boundary_confusion"]), predictions)
+
+
+def checked_counts(index: List, count: List, num_cells: int) -> SparseCounts:
+    """Sparse counts read from a file, refused (``ValueError``) unless every cell index is a
+    distinct integer in ``[0, num_cells)`` and every count a positive integer."""
+    index_array, count_array = np.asarray(index), np.asarray(count)
+    if index_array.ndim != 1 or index_array.shape != count_array.shape:
+        raise ValueError("its cell indices and counts do not pair up")
+    if len(index_array) and not (np.issubdtype(index_array.dtype, np.integer) and np.issubdtype(count_array.dtype, np.integer)):
+        raise ValueError("its cell indices or counts are not integers")
+    index_array, count_array = index_array.astype(np.int64), count_array.astype(np.int64)
+    if len(index_array) and (index_array.min() < 0 or index_array.max() >= num_cells):
+        raise ValueError(f"a cell index is outside the {num_cells} cells of the confusion matrix (a class out of range)")
+    if len(count_array) and count_array.min() <= 0:
+        raise ValueError("a pixel count is zero or negative")
+    if len(np.unique(index_array)) != len(index_array):
+        raise ValueError("a cell index appears twice")
+    return index_array, count_array
+
+
+def fingerprint_digest(fingerprint: Dict[str, Any]) -> str:
+    """SHA-256 (hex) of a fingerprint's canonical JSON: what every shard of its evaluation records."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
 # ----------------------------------------------------------------------------- shard store
@@ -117,12 +148,15 @@ class ShardStore:
     """The per-image shards of one dataset's evaluation, in ``folder``.
 
     Images are keyed by their path relative to ``image_root`` (the dataset's common folder).
+    ``fingerprint_digest``: the :func:`fingerprint_digest` of the evaluation the store serves,
+    written into every shard and required of every shard read (set by :mod:`.resumable`).
     """
 
-    def __init__(self, folder: str, image_root: str):
+    def __init__(self, folder: str, image_root: str, fingerprint_digest: Optional[str] = None):
         self.folder = folder
         self.image_root = image_root
         self.images_folder = os.path.join(folder, "images")
+        self.fingerprint_digest = fingerprint_digest
 
     def key(self, file_name: str) -> str:
         return relative_path(file_name, self.image_root)
@@ -136,14 +170,16 @@ class ShardStore:
         key = self.key(result.file_name)
         record = result_to_json(result, key, num_classes)
         record["files"] = input_files_identity(result.file_name, label_file)
+        record["fingerprint"] = self.fingerprint_digest
         with atomic_write(self.shard_path_of_key(key), "w") as f:
             json.dump(record, f, separators=(",", ":"))
 
     def load(self, dataset_dicts: Iterable[Dict], num_classes: int) -> Dict[str, ImageResult]:
         """The stored results of the images that have a usable shard, by file name.
 
-        A shard that cannot be read, holds another image or class count, or whose image or
-        label map changed since it was written is not used (its image is evaluated again).
+        A shard that cannot be read, holds another image or class count, belongs to another
+        evaluation (fingerprint digest), holds impossible counts, or whose image or label map
+        changed since it was written is not used (its image is evaluated again).
         """
         done = {}
         for record in dataset_dicts:
@@ -157,9 +193,11 @@ class ShardStore:
                     shard = json.load(f)
                 if shard.get("image") != key or shard.get("num_classes") != num_classes:
                     raise ValueError("it belongs to another image or class count")
+                if shard.get("fingerprint") != self.fingerprint_digest:
+                    raise ValueError("it belongs to another evaluation (fingerprint)")
                 result = result_from_json(shard, file_name)
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-                logger.warning(f"Ignoring unreadable shard {path} ({e}); {file_name} will be evaluated again")
+                logger.warning(f"Ignoring shard {path} ({e}); {file_name} will be evaluated again")
                 continue
             if shard.get("files") != input_files_identity(file_name, record["sem_seg_file_name"]):
                 logger.warning(f"{file_name} or its label map changed since it was evaluated; evaluating it again")

@@ -15,11 +15,14 @@ from ..checks import (
     check_class_chunking,
     check_dense_only_options,
     check_input_format,
+    check_pixel_normalisation,
     check_precision,
     check_prob_threshold,
     check_sliding_window,
     check_templates,
     check_whole_image_upsample,
+    check_text_batch_size,
+    check_vocabulary_matches_dataset,
     check_window_padding,
 )
 from ..constants import PROB_THRESHOLD_FROM_DATASET
@@ -87,7 +90,8 @@ class ClearCLIPSegmentor(nn.Module):
     and optionally ``height``/``width`` (the size to predict at; default the image size).
     Output: one ``{"sem_seg": Tensor[K, height, width]}`` per image, the per-class
     probabilities of the reference, whose argmax is the prediction (background threshold
-    included, see :func:`logits_to_probabilities`). When queries x height x width passes
+    included, see :func:`logits_to_probabilities`). When queries x the larger of the output and
+    the input image (height x width, or the resized image's pixels) passes
     ``max_dense_elements``, the classes go through in chunks (:mod:`.inference.class_chunks`) and the
     output is ``{"sem_seg_labels": Tensor[height, width] int64, "sem_seg_confidence":
     Tensor[height, width]}`` instead: the same argmax and the highest class probability.
@@ -138,7 +142,8 @@ class ClearCLIPSegmentor(nn.Module):
             input_format: "RGB" or "BGR", the channel order of ``image``.
             fixed_vocabulary: keep ``vocabulary`` when evaluating datasets with other classes.
             class_chunk: queries per chunk when the output is too large for ``sem_seg``.
-            max_dense_elements: largest queries x height x width returned as ``sem_seg``.
+            max_dense_elements: largest queries x max(output pixels, input image pixels) computed
+                on the plain path (:func:`~.inference.class_chunks.dense_elements`).
             text_cache: disk cache of the text embeddings (None = memory only).
             precision: image-encoder precision, "fp32", "fp16" (CUDA) or "bf16" (:mod:`.clip.precision`).
             dataset_name: the dataset evaluated first, whose threshold applies if ``prob_threshold`` is None.
@@ -153,7 +158,9 @@ class ClearCLIPSegmentor(nn.Module):
         """
         super().__init__()
         check_templates(prompt_templates)
+        check_text_batch_size(text_batch_size)
         check_input_format(input_format)
+        check_pixel_normalisation(pixel_mean, pixel_std)
         check_class_chunking(class_chunk, max_dense_elements)
         check_sliding_window(slide_crop, slide_stride, window_batch)
         self.clip_model = clip_model
@@ -238,9 +245,13 @@ class ClearCLIPSegmentor(nn.Module):
         self.vocabulary = vocabulary
 
     def use_dataset_vocabulary(self, dataset_name: str) -> None:
-        """Switch to a dataset's classes, unless a fixed ``CLASS_NAMES_FILE`` was configured."""
+        """Switch to a dataset's classes, unless a fixed ``CLASS_NAMES_FILE`` was configured (which
+        must then have as many classes as the dataset)."""
         if not self.fixed_vocabulary:
             self.set_vocabulary(vocabulary_of_dataset(dataset_name))
+            return
+        num_classes = len(MetadataCatalog.get(dataset_name).get("stuff_classes") or [])
+        check_vocabulary_matches_dataset(len(self.vocabulary), dataset_name, num_classes, "MODEL.CLEARCLIP.CLASS_NAMES_FILE")
 
     def use_dataset(self, dataset_name: str) -> None:
         """Switch to a dataset's classes (see :meth:`use_dataset_vocabulary`) and, unless
@@ -351,7 +362,7 @@ class ClearCLIPSegmentor(nn.Module):
 
         ``image`` is the input's [3, h, w] uint8 image, which the refiner (if any) looks at.
         """
-        if not use_class_chunks(len(text), out_size, self.max_dense_elements):
+        if not use_class_chunks(len(text), out_size, tuple(image.shape[-2:]), self.max_dense_elements):
             refine = partial(self.refiner, image=image) if self.refiner is not None else None
             on_logits = refine is not None and self.refiner.refines == "logits"
             probs = logits_to_probabilities(

@@ -3,6 +3,7 @@ non-atomic write the project makes, to a /proc control file (kept here, where th
 of tests/test_atomic_files.py allows raw writes)."""
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -30,6 +31,22 @@ def atomic_write(path: str, mode: str = "w") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp_path)
         raise
+
+
+def check_writable_folder(folder: str, key: str = "OUTPUT_DIR") -> None:
+    """Create ``folder`` if needed and write (and sync) a small probe file in it, so that an
+    unwritable folder or a full disk is named in one line before any work is done."""
+    from .errors import ClearCLIPError
+
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with atomic_write(os.path.join(folder, ".clearclip_d2.write_probe"), "wb") as f:
+            f.write(b"\0" * 4096)
+        os.remove(os.path.join(folder, ".clearclip_d2.write_probe"))
+    except OSError as e:
+        full = e.errno == errno.ENOSPC or e.errno == errno.EDQUOT
+        fix = "free some space" if full else "choose a folder you can write to"
+        raise ClearCLIPError(f"{key} {folder} cannot be written ({e.strerror or type(e).__name__}); {fix} or set another {key}") from e
 
 
 def _current_umask() -> int:

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import socket
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import open_clip
 import torch
@@ -145,8 +145,26 @@ def _register_json_config(path: str) -> str:
         raise ClearCLIPError(f"model-config JSON {path} needs 'embed_dim', 'vision_cfg' and 'text_cfg' (open_clip format)")
     if not _is_plain_vit(model_cfg):
         raise ClearCLIPError(f"model-config JSON {path} does not describe a plain ViT image tower")
+    check_vision_geometry(model_cfg["vision_cfg"], path)
     open_clip.add_model_config(path)
     return os.path.splitext(os.path.basename(path))[0]
+
+
+def check_vision_geometry(vision: Dict, path: str) -> None:
+    """A model-config JSON's image tower: at least one layer, a positive patch no larger than the
+    image size (sizes may be ints or [height, width] pairs)."""
+
+    def sides(value):
+        return list(value) if isinstance(value, (list, tuple)) else [value, value]
+
+    layers, patch, image = vision.get("layers", 12), sides(vision.get("patch_size", 16)), sides(vision.get("image_size", 224))
+    if not isinstance(layers, int) or layers < 1:
+        raise ClearCLIPError(f"model-config JSON {path}: vision_cfg.layers {layers!r} must be a whole number >= 1")
+    if not all(isinstance(v, int) and v > 0 for v in patch + image) or any(p > i for p, i in zip(patch, image)):
+        raise ClearCLIPError(
+            f"model-config JSON {path}: vision_cfg.patch_size {vision.get('patch_size')} must be a positive size no "
+            f"larger than vision_cfg.image_size {vision.get('image_size')}"
+        )
 
 
 def resolve_checkpoint(arch: str, pretrained: str, cache_dir: Optional[str]) -> Tuple[Optional[str], bool]:
@@ -234,22 +252,38 @@ def _host_resolves(host: str) -> bool:
         return False
 
 
-def read_state_dict_safely(path: str) -> Dict[str, torch.Tensor]:
-    """Read a checkpoint as a flat ``{name: tensor}`` dict without unpickling any code."""
+def read_checkpoint_safely(path: str, key: str = "") -> Any:
+    """The content of a checkpoint file, read without running any code from it: a safetensors
+    file as ``{name: tensor}``, anything else with ``torch.load(weights_only=True)`` (tensors,
+    containers of them and plain Python values only). Every weight file of this project is read
+    here (``PRETRAINED``, ``MODEL.WEIGHTS``, ``MASK_MODEL_WEIGHTS``). ``key``: the config key
+    that named the file, for the error message."""
+    named = f" ({key})" if key else ""
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
 
-            checkpoint = load_file(path, device="cpu")
-        else:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(path, device="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            reason = "it holds pickled Python objects, not only tensors"
-        elif "constants.pkl" in str(e) or _is_torchscript_archive(path):
-            reason = "it is a TorchScript archive (OpenAI's original .pt); use the open_clip/Hugging Face weights"
-        raise ClearCLIPError(f"refusing checkpoint {path}: {reason}") from e
+        raise ClearCLIPError(f"refusing checkpoint {path}{named}: {_unreadable_reason(path, e)}") from e
+
+
+def _unreadable_reason(path: str, error: Exception) -> str:
+    text = str(error)
+    if "weights_only" in text or "Unsupported global" in text:
+        return "it holds pickled Python objects, not only tensors"
+    if "constants.pkl" in text or _is_torchscript_archive(path):
+        return "it is a TorchScript archive (OpenAI's original .pt); use the open_clip/Hugging Face weights"
+    if isinstance(error, (KeyError, EOFError, UnicodeDecodeError)) or "invalid load key" in text:
+        # torch.load's messages for a text or truncated file are a bare byte value ("101") or nothing
+        return "it is not a PyTorch or safetensors checkpoint (a text file, an HTML page or a truncated download?)"
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
+def read_state_dict_safely(path: str) -> Dict[str, torch.Tensor]:
+    """Read a checkpoint as a flat ``{name: tensor}`` dict without unpickling any code."""
+    checkpoint = read_checkpoint_safely(path)
     for key in ("state_dict", "model"):
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
             checkpoint = checkpoint[key]

@@ -1,8 +1,10 @@
 """Large vocabularies and large images within a fixed memory budget: classes in chunks.
 
 The plain output is ``sem_seg`` [K, H, W]: the per-class probabilities at the original image
-size, computed from [Q, H, W] logits (Q queries = all synonyms). For 2,000 classes at
-4000 x 3000 pixels that is 96 GB per copy. When ``Q * H * W`` passes
+size, computed from [Q, h, w] logits at the resized image's size (Q queries = all synonyms),
+upsampled to [Q, H, W]. For 2,000 classes at 4000 x 3000 pixels that is 96 GB per copy; for
+2,000 classes on a 320 x 240 image resized to 597 x 448, the [Q, h, w] map is 2.1 GB although
+the output is 0.6 GB. When ``Q * max(H * W, h * w)`` (:func:`dense_elements`) passes
 ``MODEL.CLEARCLIP.MAX_DENSE_ELEMENTS`` the model takes this path instead: the queries are
 compared with the (already encoded) image ``CLASS_CHUNK`` at a time, and a running
 per-pixel maximum, log-sum-exp and arg-max give the prediction without ever holding more
@@ -10,7 +12,10 @@ than one chunk at the output size.
 
 It returns what an evaluation needs: the label map (the arg-max of the plain path, with the
 background threshold) and the highest class probability per pixel. Its memory bound is
-:func:`chunked_peak_bytes` (and docs/LONG_EVALUATIONS.md#memory-bounds): no term has the vocabulary size.
+:func:`chunked_peak_bytes` (and docs/LONG_EVALUATIONS.md#memory-bounds): no term has the vocabulary size. The
+plain path's is :func:`plain_peak_bytes`, at most ``PLAIN_PATH_COPIES`` maps of
+``MAX_DENSE_ELEMENTS`` floats; :func:`peak_bytes_bound` is the larger of the two, what one image
+can need whichever path it takes.
 """
 
 from typing import Callable, Tuple
@@ -31,6 +36,11 @@ RUNTIME_BYTES = 100 * 2**20
 # returned (8 + 4), rounded up.
 BYTES_PER_OUTPUT_PIXEL = 56
 
+# [Q, ., .] maps the plain path holds at once, at most: the averaged logits at the resized size,
+# their upsampled, scaled and softmaxed copies at the output size (3), and the [K, H, W] result
+# or a window's upsampled logits (1).
+PLAIN_PATH_COPIES = 5
+
 
 def output_labels(output: dict) -> torch.Tensor:
     """[H, W] int64 predicted classes of one model output: ``sem_seg_labels`` when the chunked
@@ -38,9 +48,18 @@ def output_labels(output: dict) -> torch.Tensor:
     return output[LABELS_KEY] if LABELS_KEY in output else output["sem_seg"].argmax(dim=0)
 
 
-def use_class_chunks(num_queries: int, out_size: Tuple[int, int], max_dense_elements: int) -> bool:
-    """True when the plain [Q, H, W] probability map would pass ``max_dense_elements`` floats."""
-    return num_queries * out_size[0] * out_size[1] > max_dense_elements
+def dense_elements(num_queries: int, out_size: Tuple[int, int], working_size: Tuple[int, int]) -> int:
+    """Floats of the largest [Q, ., .] map of the plain path: ``Q * max(H * W, h * w)``, with
+    ``out_size`` (H, W) the output and ``working_size`` (h, w) the resized image the logits are
+    averaged at (larger than the output for a small image: the short side goes up to 448)."""
+    return num_queries * max(out_size[0] * out_size[1], working_size[0] * working_size[1])
+
+
+def use_class_chunks(
+    num_queries: int, out_size: Tuple[int, int], working_size: Tuple[int, int], max_dense_elements: int
+) -> bool:
+    """True when a [Q, ., .] map of the plain path would pass ``max_dense_elements`` floats."""
+    return dense_elements(num_queries, out_size, working_size) > max_dense_elements
 
 
 def chunked_labels(
@@ -123,17 +142,56 @@ def chunked_peak_bytes(
     window). No term has the vocabulary size in it, and none multiplies the window batch by
     the class chunk.
     """
+    height, width_px = resized_size
+    window_h, window_w = _window_size(resized_size, crop)
+    chunk = class_chunk * (out_size[0] * out_size[1] + 2 * height * width_px + window_h * window_w) * 4
+    encoder_and_windows = _encoder_bytes(resized_size, crop, stride, patch_size, width, heads, embed_dim, window_batch)
+    return encoder_and_windows + chunk + out_size[0] * out_size[1] * BYTES_PER_OUTPUT_PIXEL
+
+
+def plain_peak_bytes(
+    resized_size: Tuple[int, int],
+    crop: int,
+    stride: int,
+    patch_size: int,
+    width: int,
+    heads: int,
+    embed_dim: int,
+    window_batch: int,
+    max_dense_elements: int,
+) -> int:
+    """The documented bound of the memory one image needs on the plain path (``REFINE none``),
+    in bytes, with the terms of :func:`chunked_peak_bytes` for the encoder and windows::
+
+        encoder + encoded windows + PLAIN_PATH_COPIES * MAX_DENSE_ELEMENTS * 4 B
+
+    It holds because the plain path is taken only when :func:`dense_elements` -- every [Q, ., .]
+    map it allocates, at the output and at the resized size -- is at most ``MAX_DENSE_ELEMENTS``.
+    """
+    encoder_and_windows = _encoder_bytes(resized_size, crop, stride, patch_size, width, heads, embed_dim, window_batch)
+    return encoder_and_windows + PLAIN_PATH_COPIES * max_dense_elements * 4
+
+
+def peak_bytes_bound(out_size, resized_size, crop, stride, patch_size, width, heads, embed_dim, window_batch,
+                     class_chunk, max_dense_elements) -> int:
+    """What one image can need, whichever path it takes: the larger of :func:`plain_peak_bytes`
+    and :func:`chunked_peak_bytes` (besides the weights, the text embeddings and ``RUNTIME_BYTES``)."""
+    shared = (crop, stride, patch_size, width, heads, embed_dim, window_batch)
+    return max(
+        plain_peak_bytes(resized_size, *shared, max_dense_elements),
+        chunked_peak_bytes(out_size, resized_size, *shared, class_chunk),
+    )
+
+
+def _window_size(resized_size: Tuple[int, int], crop: int) -> Tuple[int, int]:
+    return (min(crop, resized_size[0]), min(crop, resized_size[1])) if crop > 0 else tuple(resized_size)
+
+
+def _encoder_bytes(resized_size, crop, stride, patch_size, width, heads, embed_dim, window_batch) -> int:
+    """The image encoder on one batch of windows, and the image's encoded windows, in bytes."""
     from .slide_inference import padded_size, slide_window_boxes
 
-    height, width_px = resized_size
-    if crop > 0:
-        num_windows = len(slide_window_boxes(height, width_px, crop, stride))
-        window_h, window_w = min(crop, height), min(crop, width_px)
-    else:
-        num_windows, window_h, window_w = 1, height, width_px
-    padded_h, padded_w = padded_size(window_h, window_w, patch_size)
+    num_windows = len(slide_window_boxes(resized_size[0], resized_size[1], crop, stride)) if crop > 0 else 1
+    padded_h, padded_w = padded_size(*_window_size(resized_size, crop), patch_size)
     tokens = (padded_h // patch_size) * (padded_w // patch_size) + 1
-    encoder = window_batch * tokens * (16 * width + heads * tokens) * 4
-    windows = num_windows * tokens * embed_dim * 4
-    chunk = class_chunk * (out_size[0] * out_size[1] + 2 * height * width_px + window_h * window_w) * 4
-    return encoder + windows + chunk + out_size[0] * out_size[1] * BYTES_PER_OUTPUT_PIXEL
+    return window_batch * tokens * (16 * width + heads * tokens) * 4 + num_windows * tokens * embed_dim * 4

@@ -22,12 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...checks import check_input_format, check_mask_min_score, register_config_check
+from ...checks import check_input_format, check_mask_min_score, check_weights_file, register_config_check
 from ...utils.errors import ClearCLIPError
 
 logger = logging.getLogger(__name__)
 
 RANDOM_WEIGHTS = "random"
+MASK_WEIGHTS_KEY = "MODEL.CLEARCLIP.MASK_MODEL_WEIGHTS"
 EXAMPLE_ZOO_CONFIG = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"
 
 
@@ -119,9 +120,10 @@ def call_config_hook(hook: str, cfg) -> None:
     function(cfg)
 
 
-def load_mask_model_config(config: str, weights: str, device: str = "cpu", add_config: str = ""):
+def load_mask_model_config(config: str, weights: str, device: str = "cpu", add_config: str = "", trust_pickled: bool = False):
     """The mask model's Detectron2 config (frozen), with the weights to load in ``MODEL.WEIGHTS``
-    ("" = random weights). Everything is checked; nothing is built."""
+    ("" = random weights). Everything is checked; nothing is built. ``trust_pickled``:
+    ``MODEL.CLEARCLIP.TRUST_PICKLED_WEIGHTS`` (a Detectron2 ``.pkl`` is refused without it)."""
     from detectron2.config import get_cfg
     from detectron2.modeling import META_ARCH_REGISTRY
 
@@ -146,6 +148,7 @@ def load_mask_model_config(config: str, weights: str, device: str = "cpu", add_c
         )
     check_input_format(cfg.INPUT.FORMAT, owner=f"mask model {path}")
     cfg.MODEL.WEIGHTS = resolve_mask_model_weights(weights, cfg.MODEL.WEIGHTS, path)
+    check_weights_file(cfg.MODEL.WEIGHTS, MASK_WEIGHTS_KEY, trust_pickled)
     cfg.MODEL.DEVICE = device
     cfg.freeze()
     return cfg
@@ -154,7 +157,7 @@ def load_mask_model_config(config: str, weights: str, device: str = "cpu", add_c
 def resolve_mask_model_weights(weights: str, config_weights: str, config_path: str) -> str:
     """``MASK_MODEL_WEIGHTS``: a file or URL; ``""`` = the mask config's ``MODEL.WEIGHTS``;
     ``"random"`` = no weights (tests). Returns what to load ("" = nothing)."""
-    key = "MODEL.CLEARCLIP.MASK_MODEL_WEIGHTS"
+    key = MASK_WEIGHTS_KEY
     if weights == RANDOM_WEIGHTS:
         return ""
     if not weights:
@@ -164,21 +167,23 @@ def resolve_mask_model_weights(weights: str, config_weights: str, config_path: s
                 "to a checkpoint (file or detectron2:// URL), or 'random' for an untrained model"
             )
         weights = config_weights
-    if "://" not in weights and not os.path.isfile(weights):
-        raise ClearCLIPError(f"{key} {weights} does not exist; give the mask model's checkpoint file or URL")
     return weights
 
 
-def build_mask_model(mask_cfg) -> nn.Module:
-    """Build the mask model of a config from :func:`load_mask_model_config`, load its weights, eval mode."""
-    from detectron2.checkpoint import DetectionCheckpointer
+def build_mask_model(mask_cfg, trust_pickled: bool = False) -> nn.Module:
+    """Build the mask model of a config from :func:`load_mask_model_config`, load its weights
+    (tensors only; a ``.pkl`` only with ``trust_pickled``), eval mode."""
     from detectron2.modeling import build_model
+
+    from ..checkpoint import load_weights
 
     model = build_model(mask_cfg)
     if mask_cfg.MODEL.WEIGHTS:
         try:
-            DetectionCheckpointer(model).load(mask_cfg.MODEL.WEIGHTS)
-        except Exception as e:  # fvcore raises AssertionError / OSError / pickle errors alike
+            load_weights(model, mask_cfg.MODEL.WEIGHTS, trust_pickled, key=MASK_WEIGHTS_KEY)
+        except ClearCLIPError:
+            raise
+        except Exception as e:  # fvcore raises AssertionError / OSError alike
             raise ClearCLIPError(
                 f"cannot load the mask model weights {mask_cfg.MODEL.WEIGHTS}: {type(e).__name__}: {e}"
             ) from e
@@ -251,9 +256,11 @@ class MaskModelRefiner(nn.Module):
     def from_clearclip_config(cls, cfg) -> "MaskModelRefiner":
         cc = cfg.MODEL.CLEARCLIP
         check_mask_min_score(cc.MASK_MIN_SCORE)
-        mask_cfg = load_mask_model_config(cc.MASK_MODEL_CONFIG, cc.MASK_MODEL_WEIGHTS, cfg.MODEL.DEVICE, cc.MASK_MODEL_ADD_CONFIG)
+        mask_cfg = load_mask_model_config(
+            cc.MASK_MODEL_CONFIG, cc.MASK_MODEL_WEIGHTS, cfg.MODEL.DEVICE, cc.MASK_MODEL_ADD_CONFIG, cc.TRUST_PICKLED_WEIGHTS
+        )
         return cls(
-            build_mask_model(mask_cfg),
+            build_mask_model(mask_cfg, cc.TRUST_PICKLED_WEIGHTS),
             mask_cfg.INPUT.FORMAT,
             mask_cfg.INPUT.MIN_SIZE_TEST,
             mask_cfg.INPUT.MAX_SIZE_TEST,
@@ -292,4 +299,6 @@ def check_mask_model_config(cfg) -> None:
     if str(cc.REFINE).lower() != "masks":
         return
     check_mask_min_score(cc.MASK_MIN_SCORE)
-    load_mask_model_config(cc.MASK_MODEL_CONFIG, cc.MASK_MODEL_WEIGHTS, cfg.MODEL.DEVICE, cc.MASK_MODEL_ADD_CONFIG)
+    load_mask_model_config(
+        cc.MASK_MODEL_CONFIG, cc.MASK_MODEL_WEIGHTS, cfg.MODEL.DEVICE, cc.MASK_MODEL_ADD_CONFIG, cc.TRUST_PICKLED_WEIGHTS
+    )
