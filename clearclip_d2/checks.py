@@ -241,6 +241,7 @@ def check_rcs_layers(layers: Sequence[int], blocks_before_last: Optional[int] = 
         raise ClearCLIPError(
             f"MODEL.CLEARCLIP.RESCLIP.RCS_LAYERS {layers} must be a non-empty list of blocks before the last "
             f"({valid}, 0-based); set it for this MODEL_NAME"
+        )
 
 
 # --------------------------------------------------------------------------- weights
