@@ -39,6 +39,9 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "open_clip_next: runs tests under open_clip's main-branch snapshot (tests/test_open_clip_next.py)"
     )
+    config.addinivalue_line(
+        "markers", "cuda: needs a CUDA device, skipped without one (tests/test_cuda.py; run by tools/gpu_check.sh)"
+    )
 
 def write_model_config(directory, name="tiny-vit", config=None) -> str:
     path = os.path.join(str(directory), f"{name}.json")
