@@ -67,17 +67,32 @@ def synchronize(device: torch.device) -> None:
 
 
 def time_runs(run: Callable[[], object], runs: int, warmup: int, device: torch.device) -> List[float]:
-    """Seconds of each of ``runs`` calls of ``run`` after ``warmup`` untimed calls."""
+    """Seconds of each of ``runs`` calls of ``run`` after ``warmup`` untimed calls: on CUDA
+    between two CUDA events around the call (the GPU's clock), elsewhere by the wall clock."""
     for _ in range(warmup):
         run()
     synchronize(device)
-    seconds = []
-    for _ in range(runs):
-        start = time.perf_counter()
+    timer = cuda_event_seconds if torch.device(device).type == "cuda" else wall_clock_seconds
+    return [timer(run, device) for _ in range(runs)]
+
+
+def wall_clock_seconds(run: Callable[[], object], device: torch.device) -> float:
+    start = time.perf_counter()
+    run()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def cuda_event_seconds(run: Callable[[], object], device: torch.device) -> float:
+    """Seconds from a CUDA event recorded before ``run()`` to one recorded after it, on the
+    current stream of ``device``, once the second has completed."""
+    with torch.cuda.device(device):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         run()
-        synchronize(device)
-        seconds.append(time.perf_counter() - start)
-    return seconds
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000  # elapsed_time is in milliseconds
 
 
 def latency_summary(seconds: Sequence[float], images_per_run: int) -> Dict[str, float]:
