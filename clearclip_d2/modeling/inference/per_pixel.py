@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 
 from .slide_inference import Box, EncodedWindow
 
@@ -36,22 +37,17 @@ CPU_BLOCK_ELEMENTS = 2**19
 CUDA_BLOCK_ELEMENTS = 2**26
 
 
-def bilinear_matrix(in_size: int, out_size: int) -> torch.Tensor:
+def bilinear_matrix(in_size: int, out_size: int, device=None) -> torch.Tensor:
     """[out_size, in_size] float64 matrix of ``F.interpolate(mode="bilinear",
-    align_corners=False)`` on fp32 input along one axis (PyTorch's source index
-    ``(i + 0.5) * in / out - 0.5``, clamped to the edges)."""
-    # In fp32 like PyTorch's CPU and CUDA kernels for fp32 input: the scale in fp64 would move
-    # the source positions of a large output by ~1e-5 pixel.
-    scale = torch.tensor(in_size, dtype=torch.float32) / out_size
-    src = ((torch.arange(out_size, dtype=torch.float32) + 0.5) * scale - 0.5).clamp(min=0)
-    lower = src.floor().long().clamp(max=in_size - 1)
-    upper = (lower + 1).clamp(max=in_size - 1)
-    weight_upper = (src - lower).clamp(0, 1).double()
-    matrix = torch.zeros(out_size, in_size, dtype=torch.float64)
-    rows = torch.arange(out_size)
-    matrix.index_put_((rows, lower), 1 - weight_upper, accumulate=True)
-    matrix.index_put_((rows, upper), weight_upper, accumulate=True)
-    return matrix
+    align_corners=False)`` on fp32 input along one axis.
+
+    Taken from the kernel itself (an identity resized along one axis) rather than recomputed:
+    the weights are the kernel's fp32 ones on ``device``, whose source positions (fp64 or fp32
+    arithmetic, depending on the kernel) a recomputation would miss by up to ~1e-4.
+    """
+    identity = torch.eye(in_size, dtype=torch.float32, device=device)[None, None]
+    matrix = F.interpolate(identity, size=(out_size, in_size), mode="bilinear", align_corners=False)[0, 0]
+    return matrix.double().cpu()
 
 
 def window_axis_matrix(spans: Sequence[Tuple[int, int]], pads: Tuple[int, int], grid: int, size: int) -> torch.Tensor:

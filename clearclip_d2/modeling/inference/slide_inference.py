@@ -12,7 +12,8 @@ All windows of one size go through the encoder together, ``window_batch`` at a t
 batch of images every window of every image has the same size unless an image is smaller
 than the crop, so the encoder sees full batches. The encoded windows do not depend on the
 text queries, so a large vocabulary can be compared with them chunk by chunk
-(:mod:`.class_chunks`) without running the encoder again.
+(:mod:`.class_chunks`) without running the encoder again. The upsampling, averaging and
+resizing of the window logits run fused in :mod:`.per_pixel`.
 """
 
 from collections import defaultdict
@@ -117,54 +118,13 @@ def windows_by_image(windows: Sequence[EncodedWindow], num_images: int) -> List[
     return grouped
 
 
-def patch_logits(features: torch.Tensor, grid: Tuple[int, int], text_embeddings: torch.Tensor) -> torch.Tensor:
-    """[T, D] unit patch features x [Q, D] unit text embeddings -> [Q, grid_h, grid_w] cosines (fp32)."""
-    logits = features @ text_embeddings.t().to(features.dtype)
-    # contiguous: the transposed view is channels-last, which makes the upsampling 2x slower.
-    return logits.t().reshape(-1, *grid).float().contiguous()
-
-
-def window_logits(window: EncodedWindow, text_embeddings: torch.Tensor) -> torch.Tensor:
-    """Cosine similarities of one window with the text queries at window resolution:
-    [Q, y2 - y1, x2 - x1], bilinearly upsampled from the patch grid, padding cut off."""
-    left, right, top, bottom = window.padding
-    height, width = window.box[2] - window.box[0], window.box[3] - window.box[1]
-    logits = patch_logits(window.features, window.grid, text_embeddings)
-    padded_size = (height + top + bottom, width + left + right)
-    logits = F.interpolate(logits[None], size=padded_size, mode="bilinear", align_corners=False)[0]
-    return logits[:, top : top + height, left : left + width]
-
-
-def average_window_logits(
-    windows: Sequence[EncodedWindow], text_embeddings: torch.Tensor, image_size: Tuple[int, int]
-) -> torch.Tensor:
-    """Average the window logits of one image over the windows covering each pixel.
-
-    Windows are upsampled one at a time, so the memory is ``Q * (H * W + crop**2)`` floats.
-
-    Args:
-        windows: all windows of one image.
-        text_embeddings: [Q, D] unit rows (all queries, or one chunk of them).
-        image_size: (H, W) of the image the windows were cut from.
-    Returns:
-        [Q, H, W] averaged cosine similarities.
-    """
-    total = text_embeddings.new_zeros((text_embeddings.shape[0],) + tuple(image_size), dtype=torch.float32)
-    count = text_embeddings.new_zeros((1,) + tuple(image_size), dtype=torch.float32)
-    for window in windows:
-        y1, x1, y2, x2 = window.box
-        total[:, y1:y2, x1:x2] += window_logits(window, text_embeddings)
-        count[:, y1:y2, x1:x2] += 1
-    return total / count
-
-
 def encode_whole_image(
     image: torch.Tensor, encode: Callable[[torch.Tensor], torch.Tensor], patch_size: int
 ) -> Tuple[torch.Tensor, Tuple[int, int]]:
     """Without sliding windows (``SLIDE_CROP`` 0): the whole image, unpadded, in one pass.
 
     As in the reference, the patch embedding truncates sizes that are not multiples of the
-    patch size, and the patch-grid logits (:func:`patch_logits`) go straight to the output
+    patch size, and the patch-grid logits go straight to the output
     size. Returns the [T, D] unit patch features and the (grid_h, grid_w) patch grid.
     """
     features = F.normalize(encode(image[None]), dim=-1)[0]
