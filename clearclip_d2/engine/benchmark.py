@@ -435,8 +435,8 @@ def measure_text_embedding(model, classes: int, templates: int, sample_prompts: 
     from one batch of ``sample_prompts`` (the cost is linear in the prompt count)."""
     from ..modeling.clip.text_classifier import build_text_classifier
 
-    queries = [f"class number {i}" for i in range(max(1, sample_prompts // templates))]
-    templates_used = model.prompt_templates[:templates] or ["a photo of a {}."]
+    templates_used = model.prompt_templates[:templates]
+    queries = [f"class number {i}" for i in range(max(1, sample_prompts // len(templates_used)))]
     prompts = len(queries) * len(templates_used)
     start = time.perf_counter()
     build_text_classifier(model.clip_model, model.tokenizer, queries, templates_used, model.text_batch_size)
