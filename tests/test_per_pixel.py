@@ -14,7 +14,7 @@ from clearclip_d2.modeling.inference.per_pixel import (
     separable_labels,
     separable_probabilities,
 )
-from clearclip_d2.modeling.inference.slide_inference import encode_whole_image, encode_windows
+from clearclip_d2.modeling.inference.slide_inference import encode_whole_image, encode_windows, logits_to_probabilities
 
 DIM = 32
 LOGIT_SCALE = 50.0
@@ -119,3 +119,32 @@ def test_ties_go_to_the_first_query_as_argmax_does():
         labels, _ = separable_labels(separable, text, (224, 224), LOGIT_SCALE, torch.arange(5), 0.0, chunk)
         assert torch.equal(labels, expected.argmax(0))
         assert not (labels == 2).any()
+
+
+@pytest.mark.parametrize("area_threshold, renormalize, refine", [(0.0, True, False), (0.05, False, False), (0.05, True, True)])
+def test_pipeline_keys_fused_equal_the_dense_path(area_threshold, renormalize, refine):
+    """AREA_THRESHOLD, RENORMALIZE and a refiner of the probabilities on the fused path give the
+    package's dense path (:func:`logits_to_probabilities` of the whole logits)."""
+    windows = encoded((300, 500), 224, 150)
+    text, query_to_class = vocabulary(19, 12, seed=4)
+    separable = SeparableLogits.from_windows(windows, (300, 500))
+    sharpen = (lambda probs: probs * 2) if refine else None  # exact in fp32
+    options = dict(refine=sharpen, area_threshold=area_threshold, renormalize=renormalize)
+    expected = logits_to_probabilities(separable(text), (333, 517), LOGIT_SCALE, query_to_class, 12, 0.4, **options)
+    probs = separable_probabilities(separable, text, (333, 517), LOGIT_SCALE, query_to_class, 12, 0.4, **options)
+    assert (probs - expected).abs().max() < 2e-6
+    assert torch.equal(probs.argmax(0), expected.argmax(0))
+    assert len(expected.argmax(0).unique()) > 1
+
+
+def test_whole_image_via_input_equals_two_resizes():
+    """WHOLE_IMAGE_UPSAMPLE via_input: patch grid -> resized input -> output, as two interpolations."""
+    image = smooth_image(333, 517, seed=3)
+    features, grid = encode_whole_image(image, fake_encoder(3), 16)
+    text, query_to_class = vocabulary(9, 6, seed=2)
+    at_input = F.interpolate(reference.patch_logits(features, grid, text)[None], size=(333, 517), mode="bilinear", align_corners=False)[0]
+    expected = logits_to_probabilities(at_input, (400, 600), LOGIT_SCALE, query_to_class, 6, 0.0)
+    separable = SeparableLogits.from_patch_grid(features, grid, input_size=(333, 517))
+    assert (separable(text) - at_input).abs().max() < 1e-6
+    probs = separable_probabilities(separable, text, (400, 600), LOGIT_SCALE, query_to_class, 6, 0.0)
+    assert (probs - expected).abs().max() < 2e-6

@@ -151,7 +151,7 @@ class ClearCLIPSegmentor(nn.Module):
             area_threshold, renormalize: SCLIP's area threshold (0 = off) and NACLIP's
                 renormalisation, see :func:`~.inference.slide_inference.logits_to_probabilities`.
             whole_image_upsample: "direct" or "via_input" (whole-image mode, see
-                :func:`~.inference.slide_inference.whole_image_logits`).
+                :meth:`~.inference.per_pixel.SeparableLogits.from_patch_grid`).
         """
         super().__init__()
         check_templates(prompt_templates)
