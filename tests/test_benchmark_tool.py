@@ -32,7 +32,7 @@ def test_benchmark_runs_on_the_tiny_model_and_writes_json(tiny_model_files, tmp_
     result = run_benchmark([
         "--config-file", os.path.join(REPO_ROOT, "configs", "clearclip_coco.yaml"),
         "--size", "80x130", "--runs", "3", "--warmup", "1", "--threads", "1", "--batch", "2", "--json", json_path,
-        "--opts", "MODEL.CLEARCLIP.MODEL_NAME", model_json, "MODEL.CLEARCLIP.PRETRAINED", checkpoint,
+        "--per-pixel-classes", "3,20", "--opts", "MODEL.CLEARCLIP.MODEL_NAME", model_json, "MODEL.CLEARCLIP.PRETRAINED", checkpoint,
         "MODEL.CLEARCLIP.PROMPT_TEMPLATES", "['a photo of a {}.']", "MODEL.CLEARCLIP.SLIDE_CROP", "64",
         "MODEL.CLEARCLIP.SLIDE_STRIDE", "32", "MODEL.CLEARCLIP.WINDOW_BATCH", "4", "MODEL.DEVICE", "cpu",
         "MODEL.CLEARCLIP.CACHE_DIR", str(tmp_path / "cache"),
@@ -54,6 +54,10 @@ def test_benchmark_runs_on_the_tiny_model_and_writes_json(tiny_model_files, tmp_
     # the reference computes the last block twice
     assert report["modes"]["reference"]["encoder_gflops_per_image"] > report["modes"]["fast"]["encoder_gflops_per_image"]
     assert os.listdir(tmp_path / "cache")  # the text embeddings were cached
+    per_pixel = report["per_pixel"]
+    assert [row["classes"] for row in per_pixel["classes"]] == [3, 20] and per_pixel["encoder_s"] > 0
+    assert all(row["labels_over_encoder"] > 0 and row["probabilities_over_encoder"] > 0 for row in per_pixel["classes"])
+    assert report["text_embedding_large"]["prompts"] == 20 * 80 and "text embedding of 1600 prompts" in result.stdout
 
 
 def test_benchmark_bad_size_is_one_line(tiny_model_files):

@@ -49,6 +49,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: PyTorch's choice)")
     parser.add_argument("--modes", default="fast,reference", help="comma-separated: fast, reference (default both)")
     parser.add_argument("--no-flops", action="store_true", help="skip the fvcore FLOP count (slow for big models)")
+    parser.add_argument("--per-pixel-classes", default="3,171,847",
+                        help="class counts whose per-pixel work is timed against the encoder ('' = skip; default 3,171,847)")
     parser.add_argument("--json", default="", metavar="PATH", help="also write the results as JSON (atomically)")
     add_opts_option(parser)
     return parser

@@ -26,6 +26,7 @@ from torch import nn
 from ..modeling.clip.decomposition import decomposed_block_forward
 from ..modeling.clip.dense_encoder import DenseCLIPEncoder
 from ..modeling.clip.precision import PRECISIONS, WEIGHT_DTYPES, with_precision
+from ..modeling.inference.per_pixel import separable_labels, separable_probabilities
 from ..modeling.inference.slide_inference import padded_size, slide_window_boxes
 from ..utils.errors import ClearCLIPError
 from ..utils.io import write_proc_control
@@ -395,6 +396,71 @@ def max_probability_difference(model, batch) -> float:
     return difference
 
 
+# ------------------------------------------------------------------------------ per-pixel work
+def parse_class_counts(text: str) -> List[int]:
+    """``"3,171,847"`` -> [3, 171, 847]; ``""`` -> [] (no per-pixel measurement)."""
+    try:
+        counts = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        counts = [0]
+    if any(c < 1 for c in counts):
+        raise ClearCLIPError(f"--per-pixel-classes {text!r} must be comma-separated positive class counts, e.g. 3,171,847")
+    return counts
+
+
+def measure_per_pixel(model, batch: List[Dict], class_counts: Sequence[int], runs: int) -> dict:
+    """The encoder and the per-pixel work of the first image of ``batch``, timed apart in the
+    same run: per class count (random unit text embeddings, one query per class), the seconds
+    of the probabilities (``sem_seg``) and of the labels (:meth:`labels_only`, what the
+    evaluator asks for), and their ratios to the encoder's seconds (measured before and after,
+    the median of both kept, so that load on a shared machine shows in the ratios less)."""
+    device = model.device
+    first = batch[0]
+    images = [model.preprocess_image(first["image"])]
+    out_size = (int(first["height"]), int(first["width"]))
+    text = model.text_embeddings()
+    with torch.no_grad():
+        encode = lambda: model.encode_images(images, text=text)  # noqa: E731
+        encoder_seconds = time_runs(encode, runs, 1, device)
+        separable = encode()[0]
+        generator = torch.Generator().manual_seed(0)
+        rows = []
+        for classes in class_counts:
+            queries = torch.nn.functional.normalize(torch.randn(classes, text.shape[1], generator=generator), dim=-1).to(device)
+            query_to_class = torch.arange(classes, device=device)
+            common = (separable, queries, out_size, model.logit_scale)
+            probabilities = time_runs(
+                lambda: separable_probabilities(*common, query_to_class, classes, model.prob_threshold), runs, 1, device
+            )
+            labels = time_runs(
+                lambda: separable_labels(*common, query_to_class, model.prob_threshold, classes), runs, 1, device
+            )
+            rows.append({"classes": classes, "probabilities_s": statistics.median(probabilities),
+                         "labels_s": statistics.median(labels)})
+        encoder_seconds += time_runs(encode, runs, 0, device)
+    encoder = statistics.median(encoder_seconds)
+    for row in rows:
+        row["probabilities_over_encoder"] = row["probabilities_s"] / encoder
+        row["labels_over_encoder"] = row["labels_s"] / encoder
+    return {"encoder_s": encoder, "encoder_s_spread": [min(encoder_seconds), max(encoder_seconds)], "classes": rows}
+
+
+def measure_text_embedding(model, classes: int, templates: int, sample_prompts: int = 256) -> dict:
+    """Seconds to embed ``classes x templates`` prompts with the model's text tower, extrapolated
+    from one batch of ``sample_prompts`` (the cost is linear in the prompt count)."""
+    from ..modeling.clip.text_classifier import build_text_classifier
+
+    templates_used = model.prompt_templates[:templates]
+    queries = [f"class number {i}" for i in range(max(1, sample_prompts // len(templates_used)))]
+    prompts = len(queries) * len(templates_used)
+    start = time.perf_counter()
+    build_text_classifier(model.clip_model, model.tokenizer, queries, templates_used, model.text_batch_size)
+    synchronize(model.device)
+    seconds = time.perf_counter() - start
+    return {"prompts_measured": prompts, "seconds_measured": seconds, "prompts": classes * templates,
+            "seconds_extrapolated": seconds * classes * templates / prompts}
+
+
 def check_benchmark_args(args) -> List[str]:
     """Refuse bad numbers before any work; returns the modes to run."""
     modes = parse_modes(args.modes)
@@ -402,6 +468,7 @@ def check_benchmark_args(args) -> List[str]:
         raise ClearCLIPError("--runs, --batch and --num-images must be >= 1 and --warmup >= 0")
     if not args.dataset:
         parse_size(args.size)
+    parse_class_counts(args.per_pixel_classes)
     return modes
 
 
@@ -468,6 +535,10 @@ def run_benchmark(args, program: str = "benchmark.py") -> dict:
             for part in (result, result["encoder_alone"]):
                 if "fraction_of_matmul_peak" in part:
                     part["fraction_of_matmul_peak"] *= scale
+    counts = parse_class_counts(args.per_pixel_classes)
+    if counts:
+        report["per_pixel"] = measure_per_pixel(model, batches[0], counts, max(args.runs, 1))
+        report["text_embedding_large"] = measure_text_embedding(model, max(counts), 80)
     if len(modes) == 2:
         report["speedup"] = report["modes"]["fast"]["images_per_s"] / report["modes"]["reference"]["images_per_s"]
         report["max_probability_difference"] = max_probability_difference(model, batches[0])
@@ -521,9 +592,32 @@ def format_report(report: dict) -> str:
         f"matmul peak {report['matmul_peak_gflops_per_s']:.1f} GFLOP/s; text embeddings {report['text_embedding_s']:.2f} s"
     )
     lines = [header, tabulate(rows, headers=["", *modes], tablefmt="github")]
+    if "per_pixel" in report:
+        lines.append(format_per_pixel(report["per_pixel"]))
+    if "text_embedding_large" in report:
+        text = report["text_embedding_large"]
+        lines.append(
+            f"text embedding of {text['prompts']} prompts: {text['seconds_extrapolated']:.0f} s "
+            f"(extrapolated from {text['prompts_measured']} prompts in {text['seconds_measured']:.2f} s; cached afterwards)"
+        )
     if "speedup" in report:
         lines.append(
             f"speed-up fast / reference: {report['speedup']:.2f}x; "
             f"largest probability difference: {report['max_probability_difference']:.2e}"
         )
     return "\n".join(lines)
+
+
+def format_per_pixel(per_pixel: dict) -> str:
+    """The per-pixel table: seconds and ratio to the encoder, per class count."""
+    from tabulate import tabulate
+
+    rows = [
+        [row["classes"], f"{row['probabilities_s']:.3f}", f"{row['probabilities_over_encoder']:.2f}",
+         f"{row['labels_s']:.3f}", f"{row['labels_over_encoder']:.2f}"]
+        for row in per_pixel["classes"]
+    ]
+    low, high = per_pixel["encoder_s_spread"]
+    header = f"encoder {per_pixel['encoder_s']:.3f} s per image (runs {low:.3f}-{high:.3f} s); per-pixel work:"
+    table = tabulate(rows, headers=["classes", "sem_seg (s)", "/ encoder", "labels only (s)", "/ encoder"], tablefmt="github")
+    return header + "\n" + table

@@ -7,6 +7,7 @@ on the frozen ClearCLIP backbone. :func:`check_run_config` refuses a run that ca
 any process starts.
 """
 
+import contextlib
 import logging
 import os
 import sys
@@ -82,14 +83,23 @@ class Trainer(DefaultTrainer):
                 model.use_dataset(dataset_name)
             evaluator = evaluators[index] if evaluators else cls.build_evaluator(cfg, dataset_name, skip_bad_images=skip_bad_images)
             plan = plan_evaluation(cfg, dataset_name, evaluation_output_dir(cfg, dataset_name), resume_eval)
-            results[dataset_name] = run_planned_evaluation(
-                model, plan, evaluator, lambda dicts: cls.build_test_loader(cfg, dataset_name, dicts)
-            )
+            with labels_for(model, evaluator):
+                results[dataset_name] = run_planned_evaluation(
+                    model, plan, evaluator, lambda dicts: cls.build_test_loader(cfg, dataset_name, dicts)
+                )
             if comm.is_main_process():
                 logger.info(f"Evaluation results for {dataset_name}:")
                 print_csv_format(results[dataset_name])
                 print_results_table(dataset_name, results[dataset_name])
         return results
+
+
+def labels_for(model, evaluator):
+    """ClearCLIP's evaluator needs only the labels: the model skips the [K, H, W] probabilities
+    (``labels_only``); other evaluators get Detectron2's ``sem_seg``."""
+    if isinstance(evaluator, ClearCLIPSemSegEvaluator) and hasattr(model, "labels_only"):
+        return model.labels_only()
+    return contextlib.nullcontext()
 
 
 def evaluation_output_dir(cfg, dataset_name):

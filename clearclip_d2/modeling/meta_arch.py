@@ -1,5 +1,6 @@
 """``ClearCLIPSegmentor``: training-free open-vocabulary semantic segmentation."""
 
+import contextlib
 import logging
 from functools import partial
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -32,16 +33,10 @@ from .clip.loading import build_clip_model_from_config
 from .clip.precision import with_precision
 from .clip.dense_encoder import DenseCLIPEncoder
 from .methods import build_dense_encoder
-from .inference.class_chunks import CONFIDENCE_KEY, LABELS_KEY, chunked_labels, use_class_chunks
+from .inference.class_chunks import CONFIDENCE_KEY, LABELS_KEY, use_class_chunks
+from .inference.per_pixel import SeparableLogits, separable_labels, separable_probabilities
 from .refinement import build_refiner
-from .inference.slide_inference import (
-    average_window_logits,
-    encode_whole_image,
-    encode_windows,
-    logits_to_probabilities,
-    whole_image_logits,
-    windows_by_image,
-)
+from .inference.slide_inference import encode_whole_image, encode_windows, logits_to_probabilities, windows_by_image
 from .clip.text_cache import TextEmbeddingCache
 from .clip.text_classifier import build_text_classifier
 
@@ -90,11 +85,13 @@ class ClearCLIPSegmentor(nn.Module):
     and optionally ``height``/``width`` (the size to predict at; default the image size).
     Output: one ``{"sem_seg": Tensor[K, height, width]}`` per image, the per-class
     probabilities of the reference, whose argmax is the prediction (background threshold
-    included, see :func:`logits_to_probabilities`). When queries x the larger of the output and
-    the input image (height x width, or the resized image's pixels) passes
+    included, see :func:`.inference.per_pixel.separable_probabilities`). When queries x the larger
+    of the output and the input image (height x width, or the resized image's pixels) passes
     ``max_dense_elements``, the classes go through in chunks (:mod:`.inference.class_chunks`) and the
     output is ``{"sem_seg_labels": Tensor[height, width] int64, "sem_seg_confidence":
     Tensor[height, width]}`` instead: the same argmax and the highest class probability.
+    Inside :meth:`labels_only` (the evaluation loop) every output has that form, which skips
+    the [K, H, W] map (:mod:`.inference.per_pixel`).
     """
 
     @configurable
@@ -154,7 +151,7 @@ class ClearCLIPSegmentor(nn.Module):
             area_threshold, renormalize: SCLIP's area threshold (0 = off) and NACLIP's
                 renormalisation, see :func:`~.inference.slide_inference.logits_to_probabilities`.
             whole_image_upsample: "direct" or "via_input" (whole-image mode, see
-                :func:`~.inference.slide_inference.whole_image_logits`).
+                :meth:`~.inference.per_pixel.SeparableLogits.from_patch_grid`).
         """
         super().__init__()
         check_templates(prompt_templates)
@@ -192,6 +189,7 @@ class ClearCLIPSegmentor(nn.Module):
         rgb = (lambda v: list(v)[::-1]) if input_format == "BGR" else list
         self.register_buffer("pixel_mean", torch.tensor(rgb(pixel_mean), dtype=torch.float32).view(3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(rgb(pixel_std), dtype=torch.float32).view(3, 1, 1), False)
+        self.return_labels = False  # see labels_only()
         self.vocabulary: Optional[Vocabulary] = None
         self._text_embeddings: Dict[tuple, torch.Tensor] = {}
         if vocabulary is not None:
@@ -283,6 +281,17 @@ class ClearCLIPSegmentor(nn.Module):
         return build_text_classifier(self.clip_model, self.tokenizer, queries, self.prompt_templates, self.text_batch_size)
 
     # ----------------------------------------------------------------- inference
+    @contextlib.contextmanager
+    def labels_only(self):
+        """Within the block, outputs are ``{"sem_seg_labels", "sem_seg_confidence"}`` [H, W]
+        (the argmax of ``sem_seg`` and the highest class probability), computed without the
+        [K, H, W] probabilities: what an evaluator needs, at a fraction of the per-pixel work."""
+        before, self.return_labels = self.return_labels, True
+        try:
+            yield self
+        finally:
+            self.return_labels = before
+
     def preprocess_image(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 [3, H, W] in ``input_format`` -> normalised float RGB [3, H, W] on the device."""
         image = image.to(self.device, non_blocking=True).float()
@@ -308,8 +317,8 @@ class ClearCLIPSegmentor(nn.Module):
         out_sizes = [(int(x.get("height", img.shape[-2])), int(x.get("width", img.shape[-1]))) for x, img in zip(batched_inputs, images)]
         query_to_class = torch.as_tensor(self.vocabulary.query_to_class, device=self.device)
         return [
-            self.predict_image(chunk_logits, text, size, query_to_class, x["image"])
-            for chunk_logits, size, x in zip(self.encode_images(images, encode, window_batch, text), out_sizes, batched_inputs)
+            self.predict_image(logits, text, size, query_to_class, x["image"])
+            for logits, size, x in zip(self.encode_images(images, encode, window_batch, text), out_sizes, batched_inputs)
         ]
 
     def encode_images(
@@ -318,10 +327,10 @@ class ClearCLIPSegmentor(nn.Module):
         encode: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
         window_batch: Optional[int] = None,
         text: Optional[torch.Tensor] = None,
-    ) -> List[Callable[[torch.Tensor], torch.Tensor]]:
-        """Run the image encoder once; per image, a function from [C, D] text embeddings to the
-        image's [C, h, w] averaged cosine similarities (resized image, or patch grid when
-        ``slide_crop`` is 0), so the vocabulary can be compared in chunks.
+    ) -> List[SeparableLogits]:
+        """Run the image encoder once; per image, the averaged cosine similarities with any [C, D]
+        text embeddings (:class:`~.inference.per_pixel.SeparableLogits`; called, it gives the
+        image's [C, h, w] map at the resized image, or the patch grid when ``slide_crop`` is 0).
 
         ``encode``: images [B, 3, h, w] -> patch features [B, N, D], by default ``self.encoder``
         at ``PRECISION``; ``window_batch``: windows per ``encode`` call, by default
@@ -339,12 +348,12 @@ class ClearCLIPSegmentor(nn.Module):
                 pad=self.window_padding == "centred", window_multiple=self.encoder.window_multiple,
             )
             return [
-                partial(average_window_logits, image_windows, image_size=tuple(img.shape[-2:]))
+                SeparableLogits.from_windows(image_windows, tuple(img.shape[-2:]))
                 for image_windows, img in zip(windows_by_image(windows, len(images)), images)
             ]
         return [
-            partial(
-                whole_image_logits, *encode_whole_image(img, encode, patch),
+            SeparableLogits.from_patch_grid(
+                *encode_whole_image(img, encode, patch),
                 input_size=tuple(img.shape[-2:]) if self.whole_image_upsample == "via_input" else None,
             )
             for img in images
@@ -352,29 +361,52 @@ class ClearCLIPSegmentor(nn.Module):
 
     def predict_image(
         self,
-        chunk_logits: Callable[[torch.Tensor], torch.Tensor],
+        logits: SeparableLogits,
         text: torch.Tensor,
         out_size: Tuple[int, int],
         query_to_class: torch.Tensor,
         image: torch.Tensor,
     ) -> Dict[str, torch.Tensor]:
-        """``{"sem_seg": [K, H, W]}`` probabilities, or the chunked labels when that is too large.
+        """``{"sem_seg": [K, H, W]}`` probabilities, or the labels when that is too large or
+        only they are wanted (:meth:`labels_only`).
 
         ``image`` is the input's [3, h, w] uint8 image, which the refiner (if any) looks at.
         """
-        if not use_class_chunks(len(text), out_size, tuple(image.shape[-2:]), self.max_dense_elements):
-            refine = partial(self.refiner, image=image) if self.refiner is not None else None
-            on_logits = refine is not None and self.refiner.refines == "logits"
-            probs = logits_to_probabilities(
-                chunk_logits(text), out_size, self.logit_scale, query_to_class, len(self.vocabulary), self.prob_threshold,
-                refine=None if on_logits else refine, refine_logits=refine if on_logits else None,
-                area_threshold=self.area_threshold, renormalize=self.renormalize,
-            )
-            return {"sem_seg": probs}
-        check_dense_only_options(self.refiner is not None, self.area_threshold, len(text), out_size, self.max_dense_elements)
+        dense = not use_class_chunks(len(text), out_size, tuple(image.shape[-2:]), self.max_dense_elements)
+        refine = partial(self.refiner, image=image) if self.refiner is not None else None
+        if dense and (refine is not None or self.area_threshold > 0 or not self.return_labels):
+            probs = self.dense_probabilities(logits, text, out_size, query_to_class, refine)
+            if not self.return_labels:
+                return {"sem_seg": probs}
+            confidence, labels = probs.max(dim=0)
+            return {LABELS_KEY: labels, CONFIDENCE_KEY: confidence}
+        check_dense_only_options(refine is not None, self.area_threshold, len(text), out_size, self.max_dense_elements)
         # RENORMALIZE leaves the argmax (and the threshold, decided before it) unchanged, so the
-        # chunked labels are exact; the confidence is the highest probability before it.
-        labels, confidence = chunked_labels(
-            chunk_logits, text, out_size, self.logit_scale, query_to_class, self.prob_threshold, self.class_chunk
+        # labels are exact; the confidence is the highest probability before it.
+        chunk = len(text) if dense else self.class_chunk
+        labels, confidence = separable_labels(
+            logits, text, out_size, self.logit_scale, query_to_class, self.prob_threshold, chunk
         )
         return {LABELS_KEY: labels, CONFIDENCE_KEY: confidence}
+
+    def dense_probabilities(
+        self,
+        logits: SeparableLogits,
+        text: torch.Tensor,
+        out_size: Tuple[int, int],
+        query_to_class: torch.Tensor,
+        refine: Optional[Callable[[torch.Tensor], torch.Tensor]],
+    ) -> torch.Tensor:
+        """[K, H, W] probabilities: fused (:func:`.inference.per_pixel.separable_probabilities`),
+        except with a refiner of the logits (``REFINE pamr``), which needs the whole [Q, H, W]
+        cosines first (:func:`~.inference.slide_inference.logits_to_probabilities`)."""
+        options = dict(area_threshold=self.area_threshold, renormalize=self.renormalize)
+        if refine is not None and self.refiner.refines == "logits":
+            return logits_to_probabilities(
+                logits(text), out_size, self.logit_scale, query_to_class, len(self.vocabulary), self.prob_threshold,
+                refine_logits=refine, **options,
+            )
+        return separable_probabilities(
+            logits, text, out_size, self.logit_scale, query_to_class, len(self.vocabulary), self.prob_threshold,
+            refine, **options,
+        )

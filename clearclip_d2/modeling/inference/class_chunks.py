@@ -8,7 +8,7 @@ the output is 0.6 GB. When ``Q * max(H * W, h * w)`` (:func:`dense_elements`) pa
 ``MODEL.CLEARCLIP.MAX_DENSE_ELEMENTS`` the model takes this path instead: the queries are
 compared with the (already encoded) image ``CLASS_CHUNK`` at a time, and a running
 per-pixel maximum, log-sum-exp and arg-max give the prediction without ever holding more
-than one chunk at the output size.
+than one chunk at the output size (:func:`.per_pixel.separable_labels`).
 
 It returns what an evaluation needs: the label map (the arg-max of the plain path, with the
 background threshold) and the highest class probability per pixel. Its memory bound is
@@ -30,7 +30,8 @@ CONFIDENCE_KEY = "sem_seg_confidence"
 # Memory outside the documented bound: PyTorch's and the allocator's runtime buffers.
 RUNTIME_BYTES = 100 * 2**20
 
-# Per-pixel bytes of the running state and temporaries of :func:`chunked_labels`: running max,
+# Per-pixel bytes of the running state and temporaries of :func:`chunked_labels` (and the smaller
+# ones of :func:`.per_pixel.separable_labels`): running max,
 # sum and arg-max (4 + 4 + 8), one chunk's max and arg-max (4 + 8), the comparison mask (1),
 # the new max and the exp-sum (4 + 4), and the int64 label map plus the fp32 confidence
 # returned (8 + 4), rounded up.
@@ -71,10 +72,12 @@ def chunked_labels(
     prob_threshold: float,
     class_chunk: int,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The prediction of :func:`~.slide_inference.logits_to_probabilities` + ``argmax``, chunk by chunk.
+    """The prediction of :func:`~.slide_inference.logits_to_probabilities` + ``argmax``, chunk by
+    chunk, for any ``chunk_logits`` (the model's window averages take the fused
+    :func:`.per_pixel.separable_labels`; ResCLIP's first pass, with PAMR on the logits, this).
 
     Args:
-        chunk_logits: [C, D] text embeddings of a chunk of queries -> [C, h, w] averaged cosine
+        chunk_logits: [C, D] text embeddings of a chunk of queries -> [C, h, w] cosine
             similarities at the working resolution (resized image, or patch grid).
         text_embeddings: [Q, D] unit text embeddings of all queries.
         out_size: (H, W) of the original image.
@@ -93,14 +96,9 @@ def chunked_labels(
     for start in range(0, text_embeddings.shape[0], class_chunk):
         scaled = scaled_logits_at(chunk_logits(text_embeddings[start : start + class_chunk]), out_size, logit_scale)
         chunk_max, chunk_best = scaled.max(dim=0)
-        # Strictly greater: on ties the earlier query wins, as argmax does in the plain path.
-        best_query = torch.where(chunk_max > running_max, chunk_best + start, best_query)
-        del chunk_best
-        new_max = torch.maximum(running_max, chunk_max)
-        del chunk_max
-        running_sum = running_sum * torch.exp(running_max - new_max) + scaled.sub_(new_max).exp_().sum(dim=0)
-        running_max = new_max
+        chunk_sum = scaled.sub_(chunk_max).exp_().sum(dim=0)
         del scaled
+        merge_chunk(chunk_max, chunk_best.add_(start), chunk_sum, running_max, running_sum, best_query)
     confidence = running_sum.reciprocal_()  # exp(max - max) / sum
     labels = query_to_class.to(device)[best_query]
     del best_query
@@ -115,6 +113,16 @@ def scaled_logits_at(logits: torch.Tensor, out_size: Tuple[int, int], logit_scal
     if tuple(logits.shape[-2:]) != tuple(out_size):
         logits = F.interpolate(logits[None], size=out_size, mode="bilinear", align_corners=False)[0]
     return logits.mul_(logit_scale)
+
+
+def merge_chunk(chunk_max, chunk_best, chunk_sum, running_max, running_sum, best_query) -> None:
+    """Fold one chunk's per-pixel max logit, its query and sum of ``exp(logit - max)`` (same
+    shapes) into the running max, sum and arg-max (updated in place)."""
+    # Strictly greater: on ties the earlier query wins, as argmax does on the whole map.
+    best_query.copy_(torch.where(chunk_max > running_max, chunk_best, best_query))
+    new_max = torch.maximum(running_max, chunk_max)
+    running_sum.mul_(torch.exp(running_max - new_max)).add_(chunk_sum * torch.exp(chunk_max - new_max))
+    running_max.copy_(new_max)
 
 
 def chunked_peak_bytes(

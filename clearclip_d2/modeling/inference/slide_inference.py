@@ -12,7 +12,8 @@ All windows of one size go through the encoder together, ``window_batch`` at a t
 batch of images every window of every image has the same size unless an image is smaller
 than the crop, so the encoder sees full batches. The encoded windows do not depend on the
 text queries, so a large vocabulary can be compared with them chunk by chunk
-(:mod:`.class_chunks`) without running the encoder again.
+(:mod:`.class_chunks`) without running the encoder again. The upsampling, averaging and
+resizing of the window logits run fused in :mod:`.per_pixel`.
 """
 
 from collections import defaultdict
@@ -117,70 +118,24 @@ def windows_by_image(windows: Sequence[EncodedWindow], num_images: int) -> List[
     return grouped
 
 
-def patch_logits(features: torch.Tensor, grid: Tuple[int, int], text_embeddings: torch.Tensor) -> torch.Tensor:
-    """[T, D] unit patch features x [Q, D] unit text embeddings -> [Q, grid_h, grid_w] cosines (fp32)."""
-    logits = features @ text_embeddings.t().to(features.dtype)
-    # contiguous: the transposed view is channels-last, which makes the upsampling 2x slower.
-    return logits.t().reshape(-1, *grid).float().contiguous()
-
-
-def window_logits(window: EncodedWindow, text_embeddings: torch.Tensor) -> torch.Tensor:
-    """Cosine similarities of one window with the text queries at window resolution:
-    [Q, y2 - y1, x2 - x1], bilinearly upsampled from the patch grid, padding cut off."""
-    left, right, top, bottom = window.padding
-    height, width = window.box[2] - window.box[0], window.box[3] - window.box[1]
-    logits = patch_logits(window.features, window.grid, text_embeddings)
-    padded_size = (height + top + bottom, width + left + right)
-    logits = F.interpolate(logits[None], size=padded_size, mode="bilinear", align_corners=False)[0]
-    return logits[:, top : top + height, left : left + width]
-
-
-def average_window_logits(
-    windows: Sequence[EncodedWindow], text_embeddings: torch.Tensor, image_size: Tuple[int, int]
-) -> torch.Tensor:
-    """Average the window logits of one image over the windows covering each pixel.
-
-    Windows are upsampled one at a time, so the memory is ``Q * (H * W + crop**2)`` floats.
-
-    Args:
-        windows: all windows of one image.
-        text_embeddings: [Q, D] unit rows (all queries, or one chunk of them).
-        image_size: (H, W) of the image the windows were cut from.
-    Returns:
-        [Q, H, W] averaged cosine similarities.
-    """
-    total = text_embeddings.new_zeros((text_embeddings.shape[0],) + tuple(image_size), dtype=torch.float32)
-    count = text_embeddings.new_zeros((1,) + tuple(image_size), dtype=torch.float32)
-    for window in windows:
-        y1, x1, y2, x2 = window.box
-        total[:, y1:y2, x1:x2] += window_logits(window, text_embeddings)
-        count[:, y1:y2, x1:x2] += 1
-    return total / count
-
-
 def encode_whole_image(
     image: torch.Tensor, encode: Callable[[torch.Tensor], torch.Tensor], patch_size: int
 ) -> Tuple[torch.Tensor, Tuple[int, int]]:
     """Without sliding windows (``SLIDE_CROP`` 0): the whole image, unpadded, in one pass.
 
     As in the reference, the patch embedding truncates sizes that are not multiples of the
-    patch size, and the patch-grid logits (:func:`patch_logits`) go straight to the output
+    patch size, and the patch-grid logits go straight to the output
     size. Returns the [T, D] unit patch features and the (grid_h, grid_w) patch grid.
     """
     features = F.normalize(encode(image[None]), dim=-1)[0]
     return features, (image.shape[-2] // patch_size, image.shape[-1] // patch_size)
 
 
-def whole_image_logits(
-    features: torch.Tensor, grid: Tuple[int, int], text_embeddings: torch.Tensor, input_size: Optional[Tuple[int, int]] = None
-) -> torch.Tensor:
-    """Whole-image mode: [Q, grid_h, grid_w] patch-grid cosines (``WHOLE_IMAGE_UPSAMPLE direct``),
-    or, given the resized ``input_size``, bilinearly upsampled to it first (``via_input``, the
-    first of NACLIP's two upsampling steps; the second is to the output size)."""
-    logits = patch_logits(features, grid, text_embeddings)
-    if input_size is None:
-        return logits
-    return F.interpolate(logits[None], size=tuple(input_size), mode="bilinear", align_corners=False)[0]
+def patch_logits(features: torch.Tensor, grid: Tuple[int, int], text_embeddings: torch.Tensor) -> torch.Tensor:
+    """[T, D] unit patch features x [Q, D] unit text embeddings -> [Q, grid_h, grid_w] cosines (fp32)."""
+    logits = features @ text_embeddings.t().to(features.dtype)
+    # contiguous: the transposed view is channels-last, which makes the upsampling 2x slower.
+    return logits.t().reshape(-1, *grid).float().contiguous()
 
 
 def drop_small_classes(probs: torch.Tensor, area_threshold: float) -> torch.Tensor:
@@ -233,20 +188,47 @@ def logits_to_probabilities(
         logits = F.interpolate(logits[None], size=out_size, mode="bilinear", align_corners=False)[0]
     if refine_logits is not None:
         logits = refine_logits(logits)
-    probs = (logits * logit_scale).softmax(dim=0)
-    if probs.shape[0] != num_classes:
-        index = query_to_class.to(probs.device).view(-1, 1, 1).expand_as(probs)
-        probs = probs.new_zeros((num_classes,) + tuple(probs.shape[1:])).scatter_reduce_(
-            0, index, probs, reduce="amax", include_self=False
-        )
+    probs = max_over_synonyms((logits * logit_scale).softmax(dim=0), query_to_class, num_classes, dim=0)
+    return finish_probabilities(probs, prob_threshold, refine, area_threshold, renormalize)
+
+
+def max_over_synonyms(probs: torch.Tensor, query_to_class: torch.Tensor, num_classes: int, dim: int) -> torch.Tensor:
+    """Per-query probabilities (queries along ``dim``) -> per-class ones, the highest of each
+    class's queries; unchanged when every class has one query."""
+    if probs.shape[dim] == num_classes:
+        return probs
+    shape = [1] * probs.dim()
+    shape[dim] = -1
+    index = query_to_class.to(probs.device).view(shape).expand_as(probs)
+    out_shape = list(probs.shape)
+    out_shape[dim] = num_classes
+    return probs.new_zeros(out_shape).scatter_reduce_(dim, index, probs, reduce="amax", include_self=False)
+
+
+def finish_probabilities(
+    probs: torch.Tensor,
+    prob_threshold: float,
+    refine: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    area_threshold: float = 0.0,
+    renormalize: bool = False,
+) -> torch.Tensor:
+    """The steps of :func:`logits_to_probabilities` after the synonym max, on [K, H, W]:
+    ``refine``, area threshold, background threshold (with the renormalisation)."""
     if refine is not None:
         probs = refine(probs)
     if area_threshold > 0:
         probs = drop_small_classes(probs, area_threshold)
-    below = probs.max(dim=0).values < prob_threshold if prob_threshold > 0 else None
+    return threshold_background(probs, prob_threshold, renormalize, dim=0)
+
+
+def threshold_background(probs: torch.Tensor, prob_threshold: float, renormalize: bool, dim: int) -> torch.Tensor:
+    """The background threshold on class probabilities (classes along ``dim``): where the
+    highest is below ``prob_threshold`` (decided before the renormalisation, if any), class 0
+    is raised to ``max(prob_threshold, highest)`` so that argmax gives 0. May write in place."""
+    below = probs.amax(dim=dim) < prob_threshold if prob_threshold > 0 else None
     if renormalize:
-        probs = probs / probs.sum(dim=0, keepdim=True)
+        probs = probs / probs.sum(dim=dim, keepdim=True)
     if below is not None:
-        raised = probs.max(dim=0).values.clamp(min=prob_threshold)
-        probs[0] = torch.where(below, raised, probs[0])
+        background = probs.select(dim, 0)
+        background.copy_(torch.where(below, probs.amax(dim=dim).clamp(min=prob_threshold), background))
     return probs
