@@ -1,11 +1,9 @@
 """ENCODER resclip against tests/reference_resclip.py (the authors' pipeline restated) on a
 tiny random 5-block CLIP: probabilities within 1e-4, identical argmax.
 
-The pipeline keys of the method family (RENORMALIZE, WHOLE_IMAGE_UPSAMPLE, PAMR on the logits)
-come from another branch; the tests that need them are skipped until they exist. Without
-synonyms the authors' renormalisation is the identity (the softmax over queries already sums
-to 1), and without a resize the whole image's two upsamplings are one, so the other tests do not
-depend on them.
+Without synonyms the authors' renormalisation is the identity (the softmax over queries already
+sums to 1), and without a resize the whole image's two upsamplings are one: RENORMALIZE and
+WHOLE_IMAGE_UPSAMPLE are tested by their own tests below.
 """
 
 import os
@@ -13,13 +11,12 @@ import os
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 import reference_clearclip as ref
 import reference_resclip as rc
 from conftest import FEW_TEMPLATES, TINY_VIT, save_random_checkpoint, tiny_cfg, write_model_config
-from clearclip_d2 import add_clearclip_config
+from method_exactness import assert_matches  # channel 0 left out where the authors predict 0 (threshold before renormalisation)
 from clearclip_d2.config import check_clearclip_config
 from clearclip_d2.modeling.methods.resclip import (
     ResCLIPEncoder,
@@ -36,20 +33,6 @@ SYNONYM_QUERIES, SYNONYM_INDEX = ["sky", "cat", "kitten", "dog"], [0, 1, 1, 2]
 # Five blocks: the RCS layers 1..3 stand in for ViT-B/16's 5..8.
 RES_SETTINGS = dict(temp_thd=0.1, rcs_weights=(2.0, 0.3), sfr_weights=(2.1, 0.7), rcs_layers=(1, 2, 3))
 LOGIT_SCALE = 40.0
-
-
-def _default_clearclip():
-    cfg = get_cfg()
-    add_clearclip_config(cfg)
-    return cfg.MODEL.CLEARCLIP
-
-
-def needs_key(key):
-    return pytest.mark.skipif(not hasattr(_default_clearclip(), key), reason=f"MODEL.CLEARCLIP.{key} is not merged yet")
-
-
-# RENORMALIZE comes with the family's pipeline keys, PAMR on the logits among them.
-needs_pipeline_keys = needs_key("RENORMALIZE")
 
 
 @pytest.fixture(scope="module")
@@ -109,21 +92,6 @@ def run_plugin(model, image_rgb, out_size=None):
     if out_size is not None:
         inputs.update(height=out_size[0], width=out_size[1])
     return model([inputs])[0]["sem_seg"]
-
-
-def assert_matches(probs, ref_probs, ref_pred, prob_thd=0.0):
-    """1e-4 everywhere except channel 0 where the project raised it (below the threshold);
-    identical argmax."""
-    assert probs.shape == ref_probs.shape
-    compare = torch.ones_like(probs, dtype=torch.bool)
-    if prob_thd > 0:
-        highest = ref_probs.max(0).values
-        # Raised: decided before RENORMALIZE, so also where the renormalised highest passes it.
-        raised = (ref_pred == 0) & (ref_probs[0] < highest)
-        compare[0] = (highest >= prob_thd) & ~raised
-    diff = (probs - ref_probs).abs()[compare].max()
-    assert diff < 1e-4, diff
-    assert torch.equal(probs.argmax(0), ref_pred)
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -212,7 +180,6 @@ def test_window_batch_and_class_chunks_do_not_change_results(deep_files):
     assert torch.equal(out["sem_seg_labels"], plain.argmax(0))
 
 
-@needs_pipeline_keys
 def test_synonyms_and_renormalisation_match_the_reference(deep_files, deep_clip):
     model = build(deep_files, classes=SYNONYM_CLASSES, **resclip_overrides(64, 32, prob_thd=0.3), **{"MODEL.CLEARCLIP.RENORMALIZE": True})
     image = random_image(80, 100, seed=4)
@@ -223,8 +190,6 @@ def test_synonyms_and_renormalisation_match_the_reference(deep_files, deep_clip)
     assert_matches(run_plugin(model, image), ref_probs, ref_pred, prob_thd=0.3)
 
 
-@needs_pipeline_keys
-@needs_key("WHOLE_IMAGE_UPSAMPLE")
 def test_whole_image_two_step_upsample_matches_the_reference(deep_files, deep_clip):
     model = build(deep_files, **resclip_overrides(0, 0), **{"MODEL.CLEARCLIP.WHOLE_IMAGE_UPSAMPLE": "via_input"})
     image = random_image(60, 75, seed=5)
@@ -236,7 +201,6 @@ def test_whole_image_two_step_upsample_matches_the_reference(deep_files, deep_cl
     assert_matches(run_plugin(model, resized, out_size=image.shape[:2]), ref_probs, ref_pred)
 
 
-@needs_pipeline_keys
 def test_final_pamr_on_logits_matches_the_reference(deep_files, deep_clip):
     overrides = {"MODEL.CLEARCLIP.REFINE": "pamr", "MODEL.CLEARCLIP.PAMR_ITERATIONS": 2, "MODEL.CLEARCLIP.PAMR_DILATIONS": [1, 2]}
     model = build(deep_files, **resclip_overrides(64, 32), **overrides)
@@ -274,7 +238,6 @@ def test_settings_take_the_pipelines_logit_scale_and_class_chunk(deep_files):
 
 
 # ----------------------------------------------------------------------------- presets
-@needs_pipeline_keys
 def test_presets_are_the_authors_settings_per_benchmark():
     """configs/methods/resclip.yaml (COCO-Stuff) and resclip/<benchmark>.yaml against the
     reference's BENCHMARK_SETTINGS (the authors' configs)."""

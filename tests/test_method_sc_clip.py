@@ -18,6 +18,7 @@ from detectron2.modeling import build_model
 import reference_clearclip as ref
 import reference_sc_clip as sc
 from conftest import FEW_TEMPLATES, TINY_VIT, save_random_checkpoint, tiny_cfg, write_model_config
+from method_exactness import area_threshold_dropping_a_class
 from test_modeling_exactness import smooth_image
 from clearclip_d2 import add_clearclip_config
 from clearclip_d2.config import check_clearclip_config
@@ -182,14 +183,12 @@ def test_probability_threshold(deep_files, reference):
     assert_matches(run_plugin(segmentor, image), ref_probs, ref_pred, prob_thd=threshold)
 
 
-@pytest.mark.skipif(not hasattr(default_cfg().MODEL.CLEARCLIP, "AREA_THRESHOLD"), reason="no AREA_THRESHOLD key yet")
 def test_area_threshold(deep_files, reference):
     model, text = reference
-    image = smooth_image(150, 170, seed=7)
+    image = smooth_image(150, 170, seed=12)  # predicts two foreground classes (seed 7: one)
     kwargs = dict(crop=112, stride=64, logit_scale=LOGIT_SCALE, resize=False, **REF_SETTINGS)
     _, plain_pred = sc.segment(model, text, QUERY_IDX, image, **kwargs)
-    areas = torch.bincount(plain_pred.flatten(), minlength=len(CLASSES))[1:].float()
-    area_thd = float(areas[areas > 0].min() / areas.sum()) + 1e-3  # drops the smallest predicted class
+    area_thd = area_threshold_dropping_a_class(plain_pred, len(CLASSES))
     ref_probs, ref_pred = sc.segment(model, text, QUERY_IDX, image, area_thd=area_thd, **kwargs)
     segmentor = build_segmentor(deep_files, **{"MODEL.CLEARCLIP.SLIDE_CROP": 112, "MODEL.CLEARCLIP.SLIDE_STRIDE": 64,
                                                "MODEL.CLEARCLIP.AREA_THRESHOLD": area_thd})
