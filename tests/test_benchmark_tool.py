@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import REPO_ROOT
@@ -97,3 +98,13 @@ def test_window_sizes_and_latency_summary():
     summary = bench.latency_summary([1.0, 2.0, 3.0, 4.0, 10.0], images_per_run=2)
     assert summary["images_per_s"] == 0.5 and summary["latency_median_ms"] == 3000.0 and summary["latency_p90_ms"] == 10000.0
     assert bench.matmul_peak_flops(torch.device("cpu"), size=64, seconds=0.01) > 0
+
+
+def test_encoders_without_a_reference_style_path_are_timed_fast_only():
+    from clearclip_d2.engine.benchmark import modes_for_encoder
+    from clearclip_d2.utils.errors import ClearCLIPError
+
+    assert modes_for_encoder(["fast", "reference"], "decomposed", False) == (["fast", "reference"], False)
+    assert modes_for_encoder(["fast", "reference"], "sc_clip", False) == (["fast"], True)
+    with pytest.raises(ClearCLIPError, match="--modes reference.*ENCODER decomposed only.*use --modes fast"):
+        modes_for_encoder(["reference"], "resclip", False)
