@@ -39,6 +39,9 @@ PNGS = ["layer_norms", "layer_entropy", "layer_maximum", "channel_means", "atten
         "alpha_sweep"]
 CSVS = ["layer_statistics", "channel_means", "attention_variants", "feature_miou", "alpha_sweep"]
 CLASSES = ["sky", "grass", "tree", "road", "person", "car", "water", "wall"]
+# A fixed vocabulary needs one name per class of the evaluated dataset (COCO-Stuff: 171); the
+# labels use the first 8, the other names only compete in the softmax.
+VOCABULARY = CLASSES + [f"thing number {i}" for i in range(len(CLASSES), 171)]
 SIZES = [(448, 560), (448, 448)]  # short side 448: the test-time resize keeps them as they are
 
 
@@ -139,13 +142,13 @@ def coco_root(tmp_path_factory):
     """COCO-Stuff's layout with two images whose labels use the 8 classes of CLASSES."""
     root = tmp_path_factory.mktemp("analysis_datasets")
     write_coco_stuff_layout(root, SIZES, len(CLASSES), block=56, image_seed=40, label_seed=1, ignored_rows=5)
-    (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    (root / "classes.txt").write_text("\n".join(VOCABULARY) + "\n")
     return root
 
 
 def independent_miou(root, tiny_clip, model_type):
     model, tokenizer = tiny_clip
-    text = ref.text_features(model, tokenizer, CLASSES, FEW_TEMPLATES)
+    text = ref.text_features(model, tokenizer, VOCABULARY, FEW_TEMPLATES)
     return reference_metrics(root, len(SIZES), model, text, model_type)[0]
 
 
