@@ -13,9 +13,7 @@ stopped this way resumes with ``--resume-eval``.
 """
 
 import contextlib
-import ctypes
 import multiprocessing
-import os
 import signal
 import sys
 from functools import partial
@@ -27,6 +25,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..utils.cli import EXIT_USER_ERROR
 from ..utils.errors import is_user_error, user_message
+from ..utils.processes import end_with_parent
 from ..utils.run_lock import output_folder_lock
 from .launch import launch
 
@@ -46,19 +45,10 @@ def output_folder_lock_of_run(cfg, args):
     return output_folder_lock(cfg.OUTPUT_DIR)
 
 
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-
-
 def end_with_the_launcher() -> None:
     """In a worker process: have the kernel send it SIGTERM when its parent (the launcher) dies,
     however it dies (Linux only; elsewhere nothing happens)."""
-    if not sys.platform.startswith("linux"):
-        return
-    launcher = os.getppid()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != launcher:  # it died before the request was in place
-        os.kill(os.getpid(), signal.SIGTERM)
+    end_with_parent()
 
 
 @contextlib.contextmanager

@@ -33,6 +33,7 @@ from ..modeling.backbone import check_clearclip_backbone_config
 from ..modeling.checkpoint import safe_checkpointer_like
 from ..utils.errors import ClearCLIPError
 from ..utils.io import atomic_write_json
+from ..utils.processes import EndingWithTheLoader
 
 logger = logging.getLogger("clearclip_d2")
 SUMMARY_METRICS = ("mIoU", "mIoU-mmseg", "fwIoU", "mACC", "pACC")
@@ -70,7 +71,7 @@ class Trainer(DefaultTrainer):
         unreadable images come out as markers for the evaluator."""
         if dataset_dicts is None:
             return build_detection_test_loader(cfg, dataset_name, mapper=ClearCLIPDatasetMapper(cfg, False))
-        mapper = ClearCLIPDatasetMapper(cfg, False, mark_bad_images=True)
+        mapper = EndingWithTheLoader(ClearCLIPDatasetMapper(cfg, False, mark_bad_images=True))
         return build_detection_test_loader(dataset_dicts, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS)
 
     @classmethod
