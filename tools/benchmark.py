@@ -41,7 +41,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config-file", required=True, metavar="FILE")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--size", default="448x640", help="model input HEIGHTxWIDTH of a synthetic image (default 448x640)")
-    source.add_argument("--dataset", default="", help="a registered dataset: its first --num-images images")
+    source.add_argument("--dataset", default="", help="a registered dataset: time the evaluation loop on its first --num-images images")
     parser.add_argument("--num-images", type=int, default=4, help="images of --dataset (default 4)")
     parser.add_argument("--batch", type=int, default=1, help="images per forward (default 1)")
     parser.add_argument("--runs", type=int, default=10, help="timed forwards per mode (default 10)")
@@ -51,6 +51,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-flops", action="store_true", help="skip the fvcore FLOP count (slow for big models)")
     parser.add_argument("--per-pixel-classes", default="3,171,847",
                         help="class counts whose per-pixel work is timed against the encoder ('' = skip; default 3,171,847)")
+    parser.add_argument("--gpu-model-ms", type=float, default=20.0,
+                        help="--dataset: the model time per image of a GPU-sized model, the reference of the "
+                             "loop-overhead bound (10%% of it; default 20, an estimate for ViT-B/16 fp32 on an A100)")
     parser.add_argument("--json", default="", metavar="PATH", help="also write the results as JSON (atomically)")
     add_opts_option(parser)
     return parser

@@ -18,6 +18,7 @@ from PIL import Image
 from ..modeling.inference.class_chunks import output_labels
 from ..utils.errors import ClearCLIPError, user_message
 from ..utils.io import atomic_write
+from ..utils.timing import NO_TIMER
 from .bad_inputs import SKIPPED_FILE, check_label_map, stop_message, write_skipped_list
 from .metrics import boundary_iou_supported, confusion_cells, mask_to_boundary, mmseg_metrics, sem_seg_metrics
 from .resumable import EvaluationState, gather_on_main_process
@@ -40,24 +41,61 @@ def load_label_map(path: str, dtype=int) -> np.ndarray:
         raise ClearCLIPError(f"cannot read label map {path}: {type(e).__name__}: {e}") from e
 
 
-def encode_predictions(labels: np.ndarray, file_name: str, dataset_ids: Optional[Dict[int, Any]]) -> List[Dict[str, Any]]:
-    """Detectron2's entries of ``sem_seg_predictions.json`` for one image (COCO stuff results
-    format): one RLE-encoded mask per predicted class.
+def class_runs(labels: np.ndarray) -> Tuple[np.ndarray, List[np.ndarray]]:
+    """The classes of a label map and, per class, the uncompressed COCO RLE counts of its mask.
+
+    COCO's RLE runs over the pixels in column-major order and alternates zeros and ones, starting
+    with zeros (a first count 0 when the mask starts with a one); the last count is the mask's
+    last run. The runs of the whole map are found once, then grouped by class.
 
     Args:
-        labels: [H, W] predicted classes (contiguous ids).
+        labels: [H, W] non-negative integer labels.
+
+    Returns:
+        the classes present, ascending (``np.unique(labels)``), and, per class, its int64 counts.
+    """
+    flat = np.ascontiguousarray(labels.T).reshape(-1)
+    area = flat.size
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    starts, ends = np.concatenate(([0], change)), np.concatenate((change, [area]))
+    order = np.argsort(flat[starts], kind="stable")  # runs grouped by class, in pixel order
+    starts, ends = starts[order], ends[order]
+    values = flat[starts]
+    first = np.flatnonzero(np.concatenate(([True], values[1:] != values[:-1])))  # each class's first run
+    previous_end = np.concatenate(([0], ends[:-1]))
+    previous_end[first] = 0
+    counts = np.empty(2 * len(starts), dtype=np.int64)
+    counts[0::2] = starts - previous_end  # zeros before each run
+    counts[1::2] = ends - starts  # the run
+    last_end = ends[np.concatenate((first[1:], [len(ends)])) - 1]
+    per_class = [
+        np.append(c, area - end) if end < area else c for c, end in zip(np.split(counts, 2 * first[1:]), last_end)
+    ]
+    return values[first], per_class
+
+
+def encode_predictions(labels: np.ndarray, file_name: str, dataset_ids: Optional[Dict[int, Any]]) -> List[Dict[str, Any]]:
+    """Detectron2's entries of ``sem_seg_predictions.json`` for one image (COCO stuff results
+    format): one RLE-encoded mask per predicted class, ascending.
+
+    The strings are pycocotools' ``encode`` of each class's mask; they are made here from the
+    runs of the whole map (:func:`class_runs`) by pycocotools' ``frPyObjects`` in one call.
+
+    Args:
+        labels: [H, W] predicted classes (contiguous ids), any integer dtype.
         dataset_ids: contiguous id -> the dataset's category id, or None: the id itself.
     """
+    classes, counts = class_runs(labels)
+    height, width = labels.shape
+    rles = mask_util.frPyObjects([{"size": [height, width], "counts": c} for c in counts], height, width)
     entries = []
-    for label in np.unique(labels):
+    for label, rle in zip(classes.tolist(), rles):
         if dataset_ids is None:
-            category_id = int(label)
-        elif int(label) in dataset_ids:
-            category_id = dataset_ids[int(label)]
+            category_id = label
+        elif label in dataset_ids:
+            category_id = dataset_ids[label]
         else:
-            raise ClearCLIPError(f"predicted class {int(label)} has no stuff_dataset_id_to_contiguous_id entry in {file_name}'s dataset metadata")
-        mask = np.asfortranarray((labels == label).astype(np.uint8)[:, :, None])
-        rle = mask_util.encode(mask)[0]
+            raise ClearCLIPError(f"predicted class {label} has no stuff_dataset_id_to_contiguous_id entry in {file_name}'s dataset metadata")
         rle["counts"] = rle["counts"].decode("utf-8")
         entries.append({"file_name": file_name, "category_id": category_id, "segmentation": rle})
     return entries
@@ -104,6 +142,10 @@ class ClearCLIPSemSegEvaluator(DatasetEvaluator):
                 f"(the dataset has {self._num_classes})"
             )
         self._plan = None
+        # Seconds per part of the per-image work (``tools/benchmark.py --dataset`` sets a
+        # :class:`~clearclip_d2.utils.timing.PartTimer`); parts: to_cpu, label_read, confusion,
+        # boundary, rle, shard_write.
+        self.timer = NO_TIMER
         self.reset()
 
     def use_plan(self, plan) -> None:
@@ -114,6 +156,10 @@ class ClearCLIPSemSegEvaluator(DatasetEvaluator):
         self._state = EvaluationState.empty(self._num_classes, self._compute_boundary_iou)
 
     def process(self, inputs, outputs):
+        with self.timer.part("process"):
+            self._process(inputs, outputs)
+
+    def _process(self, inputs, outputs):
         for input, output in zip(inputs, outputs):
             try:
                 result = self.evaluate_image(input, output)
@@ -122,22 +168,29 @@ class ClearCLIPSemSegEvaluator(DatasetEvaluator):
                 continue
             self._state.add(result)
             if self._plan is not None and self._plan.store is not None:
-                self._plan.store.write(result, self._num_classes, self.input_file_to_gt_file[result.file_name])
+                with self.timer.part("shard_write"):
+                    self._plan.store.write(result, self._num_classes, self.input_file_to_gt_file[result.file_name])
 
     def evaluate_image(self, input, output) -> ImageResult:
         """One image's confusion-matrix contributions and RLE predictions; bad labels raise."""
-        pred = output_labels(output).detach().to("cpu").numpy().astype(np.int64)
-        gt_file = self.input_file_to_gt_file[input["file_name"]]
-        gt = load_label_map(gt_file, dtype=np.int64)
-        check_label_map(gt, pred.shape, self._num_classes, self._ignore_label, gt_file, input["file_name"])
-        gt[gt == self._ignore_label] = self._num_classes
-        num_cells = (self._num_classes + 1) ** 2
-        confusion = sparse_counts(confusion_cells(pred, gt, self._num_classes), num_cells)
+        timer = self.timer
+        with timer.part("to_cpu"):
+            pred = np.asarray(output_labels(output).detach().to("cpu").numpy(), dtype=np.int64)  # no copy when int64
+        with timer.part("label_read"):
+            gt_file = self.input_file_to_gt_file[input["file_name"]]
+            gt = load_label_map(gt_file, dtype=np.int64)
+            check_label_map(gt, pred.shape, self._num_classes, self._ignore_label, gt_file, input["file_name"])
+        with timer.part("confusion"):
+            gt[gt == self._ignore_label] = self._num_classes
+            num_cells = (self._num_classes + 1) ** 2
+            confusion = sparse_counts(confusion_cells(pred, gt, self._num_classes), num_cells)
         boundary = None
         if self._compute_boundary_iou:
-            b_gt, b_pred = mask_to_boundary(gt.astype(np.uint8)), mask_to_boundary(pred.astype(np.uint8))
-            boundary = sparse_counts(confusion_cells(b_pred, b_gt, self._num_classes), num_cells)
-        predictions = encode_predictions(pred, input["file_name"], self._dataset_ids)
+            with timer.part("boundary"):
+                b_gt, b_pred = mask_to_boundary(gt.astype(np.uint8)), mask_to_boundary(pred.astype(np.uint8))
+                boundary = sparse_counts(confusion_cells(b_pred, b_gt, self._num_classes), num_cells)
+        with timer.part("rle"):
+            predictions = encode_predictions(pred, input["file_name"], self._dataset_ids)
         return ImageResult(input["file_name"], confusion, boundary, predictions)
 
     def report_bad_input(self, file_name: str, reason: str) -> None:
@@ -157,6 +210,10 @@ class ClearCLIPSemSegEvaluator(DatasetEvaluator):
     def evaluate(self):
         """The metrics of every process's images and of the plan's stored ones (main process;
         None on the others), with the output files written."""
+        with self.timer.part("evaluate"):
+            return self._evaluate()
+
+    def _evaluate(self):
         state = gather_on_main_process(self._state, self._distributed)
         if state is None:
             return None
