@@ -46,3 +46,24 @@ def test_finished_waits_only_beyond_max_pending():
     worker.close()  # waits for the rest, drops them, ends the thread
     assert list(worker.drain()) == []
     timer.join()
+
+
+def test_max_pending_zero_runs_each_call_in_line():
+    worker = InOrderWorker(max_pending=0, name="test")
+    threads = []
+
+    def work(value):
+        threads.append(threading.current_thread())
+        if value == 1:
+            raise ValueError("one")
+        return value
+
+    worker.submit(work, 0)
+    assert threads == [threading.current_thread()]  # ran in submit, in this thread
+    worker.submit(work, 1)
+    worker.submit(work, 2)
+    assert next(worker.finished()) == 0
+    with pytest.raises(ValueError, match="one"):
+        next(worker.finished())
+    assert list(worker.finished()) == [2]
+    worker.close()

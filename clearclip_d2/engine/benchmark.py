@@ -570,7 +570,7 @@ def run_loop_benchmark(cfg, args) -> dict:
     start = time.perf_counter()
     model.text_embeddings()
     text_seconds = time.perf_counter() - start
-    loop = run_evaluation_loop(cfg, model, args.dataset, args.num_images)
+    loop = run_evaluation_loop(cfg, model, args.dataset, args.num_images, args.evaluator_in_line)
     return {
         "config_file": args.config_file,
         "opts": list(args.opts),
@@ -581,6 +581,7 @@ def run_loop_benchmark(cfg, args) -> dict:
         "input": args.dataset,
         "images": loop["images"],
         "num_workers": loop["num_workers"],
+        "evaluator": "in line" if loop["evaluator_in_line"] else "background thread",
         "num_queries": len(model.vocabulary.queries),
         "text_embedding_s": text_seconds,
         "loop": per_image_report(loop, args.gpu_model_ms),
@@ -603,15 +604,21 @@ def format_loop_report(report: dict) -> str:
     from tabulate import tabulate
 
     loop = report["loop"]
-    rows = [[label, f"{loop[key]:.2f}"] for label, key in LOOP_ROWS]
-    rows += [[f"  process: {name}", f"{value:.2f}"] for name, value in loop["process_parts_ms"].items()]
-    rows += [[f"  evaluator worker thread: {name}", f"{value:.2f}"] for name, value in loop.get("evaluator_worker_ms", {}).items()]
+    median = loop["median_ms"]
+
+    def row(label, value, part=""):
+        return [label, f"{value:.2f}", f"{median[part]:.2f}" if part in median else ""]
+
+    rows = [row(label, loop[key], key[: -len("_ms")]) for label, key in LOOP_ROWS]
+    rows += [row(f"  process: {name}", value, name) for name, value in loop["process_parts_ms"].items()]
+    rows += [row(f"evaluator background thread: {name}", value, name) for name, value in loop.get("evaluator_worker_ms", {}).items()]
     if "evaluator_worker_total_ms" in loop:
-        rows.append(["evaluator worker thread, all (overlaps the model)", f"{loop['evaluator_worker_total_ms']:.2f}"])
-    rows.append(["loader worker: mapping one image (overlaps the model)", f"{loop['mapping_ms']:.2f}"])
+        rows.append(row("evaluator background thread, all (overlaps the model)", loop["evaluator_worker_total_ms"]))
+    rows.append(row("loader worker: mapping one image (overlaps the model)", loop["mapping_ms"]))
     header = (
         f"evaluation loop: {report['model']} on {report['device']} ({report['precision']}, {report['threads']} threads), "
-        f"{report['input']}, {report['images']} images, {report['num_workers']} loader workers, {report['num_queries']} queries\n"
+        f"{report['input']}, {report['images']} images, {report['num_workers']} loader workers, {report['num_queries']} queries, "
+        f"evaluator work {report['evaluator']}\n"
         f"one-offs: plan {loop['plan_s']:.2f} s, loader start-up (first batch) {loop['startup_s']:.2f} s; "
         f"text embeddings {report['text_embedding_s']:.2f} s"
     )
@@ -627,7 +634,7 @@ def format_loop_report(report: dict) -> str:
             f"\nevaluator background thread {loop['evaluator_worker_total_ms']:.2f} ms/image: {below} the GPU-sized "
             f"model's {loop['gpu_model_ms']:g} ms (it overlaps the model; above it, it would be the bottleneck)"
         )
-    return "\n".join([header, tabulate(rows, headers=["ms per image", ""], tablefmt="github"), footer])
+    return "\n".join([header, tabulate(rows, headers=["ms per image", "mean", "median"], tablefmt="github"), footer])
 
 
 # ------------------------------------------------------------------------------ the report

@@ -10,7 +10,8 @@ class InOrderWorker:
     their results come back in submission order, an exception of a call where its result would.
 
     ``max_pending``: how many calls may be outstanding before :meth:`finished` waits for the
-    oldest (so that a slow worker holds the caller back instead of piling up work).
+    oldest (so that a slow worker holds the caller back instead of piling up work); 0: no
+    thread, each call runs in :meth:`submit` (the same results, in line).
     """
 
     def __init__(self, max_pending: int, name: str):
@@ -20,6 +21,9 @@ class InOrderWorker:
         self._pending: "collections.deque[concurrent.futures.Future]" = collections.deque()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self.max_pending == 0:
+            self._pending.append(_run_now(fn, *args))
+            return
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.name)
         self._pending.append(self._executor.submit(fn, *args))
@@ -42,3 +46,13 @@ class InOrderWorker:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+
+
+def _run_now(fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+    """A finished future of ``fn(*args)``: its result, or the exception it raised."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    try:
+        future.set_result(fn(*args))
+    except BaseException as e:  # handed over where the result would be, as from the thread
+        future.set_exception(e)
+    return future

@@ -125,16 +125,19 @@ class ClearCLIPSemSegEvaluator(DatasetEvaluator):
     * The per-image work after the model (label map, confusion, boundary, RLE, shard) runs on one
       background thread (:class:`~.background.InOrderWorker`), overlapping the model's next
       images; the results are taken in dataset order in the calling thread (at most
-      :data:`MAX_IMAGES_IN_FLIGHT` outstanding), all of them before a bad input is reported and
-      before :meth:`evaluate`, so counts, messages and files are those of doing it in line. After
-      a bad label map (without ``skip_bad_images``) the thread does nothing more: the shards on
-      disk are those of the images before it.
+      ``images_in_flight`` outstanding; 0: no thread, the work in line), all of them before a
+      bad input is reported and before :meth:`evaluate`, so counts, messages and files are
+      those of doing it in line. After a bad label map (without ``skip_bad_images``) the thread
+      does nothing more: the shards on disk are those of the images before it.
     * The results gain ``"evaluation": {"images": ..., "skipped_images": ...}``;
       ``sem_seg_predictions.json`` (in dataset order whatever the processes and resumes),
       ``skipped.txt`` and ``sem_seg_evaluation.pth`` are each written atomically to ``output_dir``.
     """
 
-    def __init__(self, dataset_name: str, distributed: bool = True, output_dir: Optional[str] = None, *, skip_bad_images: bool = False):
+    def __init__(
+        self, dataset_name: str, distributed: bool = True, output_dir: Optional[str] = None, *,
+        skip_bad_images: bool = False, images_in_flight: int = MAX_IMAGES_IN_FLIGHT,
+    ):
         self._dataset_name = dataset_name
         self._distributed = distributed
         self._output_dir = output_dir
@@ -159,7 +162,7 @@ class ClearCLIPSemSegEvaluator(DatasetEvaluator):
         # collect), evaluate; background thread: worker_label_read, worker_confusion,
         # worker_boundary, worker_rle, worker_shard_write.
         self.timer = NO_TIMER
-        self._worker = InOrderWorker(MAX_IMAGES_IN_FLIGHT, "clearclip-eval")
+        self._worker = InOrderWorker(images_in_flight, "clearclip-eval")
         self._halted = threading.Event()  # a bad label map stopped the evaluation: no more work
         self.reset()
 

@@ -3,7 +3,7 @@
 import contextlib
 import threading
 import time
-from typing import Dict, Iterator
+from typing import Dict, Iterator, List
 
 
 class PartTimer:
@@ -12,6 +12,7 @@ class PartTimer:
 
     def __init__(self):
         self.seconds: Dict[str, float] = {}
+        self.calls: Dict[str, List[float]] = {}  # each call's seconds, per part
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -25,6 +26,7 @@ class PartTimer:
     def add(self, name: str, seconds: float) -> None:
         with self._lock:
             self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+            self.calls.setdefault(name, []).append(seconds)
 
 
 class NoTimer:
