@@ -110,7 +110,7 @@ def run_evaluation_loop(cfg, model, dataset_name: str, num_images: int, in_line:
         raise ClearCLIPError(f"--dataset {dataset_name!r} is not registered; registered: {', '.join(DatasetCatalog.list())}")
     timer = PartTimer()
     with tempfile.TemporaryDirectory(prefix="clearclip_loop_benchmark_") as output_dir:
-        in_flight = {"images_in_flight": 0} if in_line else {}
+        in_flight = {"images_in_flight": 0} if in_line else {}  # else Trainer.build_evaluator's default
         evaluator = Trainer.build_evaluator(cfg, dataset_name, output_folder=output_dir, **in_flight)
         start = time.perf_counter()
         plan = plan_evaluation(cfg, dataset_name, output_dir, resume=False)

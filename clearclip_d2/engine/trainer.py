@@ -51,8 +51,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None, skip_bad_images=False, images_in_flight=MAX_IMAGES_IN_FLIGHT):
-        """ClearCLIP's evaluator; ``images_in_flight`` 0 does its per-image work in line, without
-        its background thread (``tools/benchmark.py --evaluator-in-line``)."""
+        """ClearCLIP's evaluator, its per-image work on a background thread (up to
+        ``images_in_flight`` images outstanding; 0: in line, ``tools/benchmark.py --evaluator-in-line``)."""
         if output_folder is None:
             output_folder = evaluation_output_dir(cfg, dataset_name)
         return ClearCLIPSemSegEvaluator(

@@ -122,13 +122,17 @@ class ClearCLIPSemSegEvaluator(DatasetEvaluator):
       or with ``skip_bad_images`` the image is left out and listed in ``skipped.txt``.
     * A model output may carry ``sem_seg_labels`` [H, W] (the class-chunked path) instead of
       ``sem_seg`` [K, H, W].
-    * The per-image work after the model (label map, confusion, boundary, RLE, shard) runs on one
-      background thread (:class:`~.background.InOrderWorker`), overlapping the model's next
+    * With ``images_in_flight`` > 0 (``Trainer.build_evaluator``: :data:`MAX_IMAGES_IN_FLIGHT`)
+      the per-image work after the model (label map, confusion, boundary, RLE, shard) runs on
+      one background thread (:class:`~.background.InOrderWorker`), overlapping the model's next
       images; the results are taken in dataset order in the calling thread (at most
-      ``images_in_flight`` outstanding; 0: no thread, the work in line), all of them before a
-      bad input is reported and before :meth:`evaluate`, so counts, messages and files are
-      those of doing it in line. After a bad label map (without ``skip_bad_images``) the thread
-      does nothing more: the shards on disk are those of the images before it.
+      ``images_in_flight`` outstanding), all of them before a bad input is reported, before
+      :meth:`evaluate` and in :meth:`finish_pending` (which the loop must call when it ends
+      otherwise: :func:`~.resumable.run_planned_evaluation` does), so counts, messages, files
+      and shards are those of doing it in line; only a bad label map stops the evaluation at a
+      later :meth:`process` call or in :meth:`evaluate`. After a bad label map (without
+      ``skip_bad_images``) the thread does nothing more: the shards on disk are those of the
+      images before it. With 0 (the default) the work is done in :meth:`process`, in line.
     * The results gain ``"evaluation": {"images": ..., "skipped_images": ...}``;
       ``sem_seg_predictions.json`` (in dataset order whatever the processes and resumes),
       ``skipped.txt`` and ``sem_seg_evaluation.pth`` are each written atomically to ``output_dir``.
@@ -136,7 +140,7 @@ class ClearCLIPSemSegEvaluator(DatasetEvaluator):
 
     def __init__(
         self, dataset_name: str, distributed: bool = True, output_dir: Optional[str] = None, *,
-        skip_bad_images: bool = False, images_in_flight: int = MAX_IMAGES_IN_FLIGHT,
+        skip_bad_images: bool = False, images_in_flight: int = 0,
     ):
         self._dataset_name = dataset_name
         self._distributed = distributed
