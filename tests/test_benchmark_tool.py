@@ -108,3 +108,51 @@ def test_encoders_without_a_reference_style_path_are_timed_fast_only():
     assert modes_for_encoder(["fast", "reference"], "sc_clip", False) == (["fast"], True)
     with pytest.raises(ClearCLIPError, match="--modes reference.*ENCODER decomposed only.*use --modes fast"):
         modes_for_encoder(["reference"], "resclip", False)
+
+
+LOOP_PARTS = ("wall_ms", "model_ms", "loader_wait_ms", "process_ms", "evaluate_ms", "other_ms", "overhead_ms")
+
+
+def test_benchmark_dataset_times_the_evaluation_loop(tiny_model_files, tmp_path):
+    """--dataset runs Trainer.test's loop (test loader, labels-only model, ClearCLIP's evaluator
+    with a shard store in a temporary folder, removed afterwards) and reports every part."""
+    from synthetic_coco import write_coco_stuff_layout
+
+    model_json, checkpoint = tiny_model_files
+    root = write_coco_stuff_layout(tmp_path / "datasets", [(60, 80), (50, 70), (60, 80), (40, 64)], num_labels=171, block=8)
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    json_path = str(tmp_path / "loop.json")
+    result = run_benchmark([
+        "--config-file", os.path.join(REPO_ROOT, "configs", "clearclip_coco.yaml"), "--dataset", "coco_2017_val_stuff_sem_seg",
+        "--num-images", "3", "--threads", "1", "--gpu-model-ms", "40", "--json", json_path,
+        "--opts", "MODEL.CLEARCLIP.MODEL_NAME", model_json, "MODEL.CLEARCLIP.PRETRAINED", checkpoint,
+        "MODEL.CLEARCLIP.PROMPT_TEMPLATES", "['a photo of a {}.']", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128",
+        "MODEL.DEVICE", "cpu", "MODEL.CLEARCLIP.CACHE_DIR", str(tmp_path / "cache"), "DATALOADER.NUM_WORKERS", "1",
+    ], env_extra={"DETECTRON2_DATASETS": str(root), "TMPDIR": str(temporary), "PYTHONWARNINGS": "ignore"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "everything else" in result.stdout and "of a GPU-sized model's 40 ms" in result.stdout, result.stdout
+    with open(json_path) as f:
+        report = json.load(f)
+    assert report["images"] == 3 and report["num_workers"] == 1 and report["num_queries"] == 171
+    loop = report["loop"]
+    assert all(loop[key] >= 0 for key in LOOP_PARTS), loop
+    parts = loop["loader_wait_ms"] + loop["model_ms"] + loop["process_ms"] + loop["evaluate_ms"]
+    assert parts <= loop["wall_ms"] + 1e-6 and loop["other_ms"] == pytest.approx(loop["wall_ms"] - parts)
+    assert loop["overhead_ms"] == pytest.approx(loop["wall_ms"] - loop["model_ms"]) and loop["model_ms"] > 0
+    assert set(loop["process_parts_ms"]) == {"to_cpu", "collect"}
+    assert 0 <= sum(loop["process_parts_ms"].values()) <= loop["process_ms"] + 1e-6
+    worker = loop["evaluator_worker_ms"]
+    assert set(worker) == {"label_read", "confusion", "boundary", "rle", "shard_write"}, worker
+    assert all(value > 0 for value in worker.values()) and loop["evaluator_worker_total_ms"] == pytest.approx(sum(worker.values()))
+    assert loop["gpu_model_ms"] == 40 and loop["bound_ms"] == pytest.approx(4.0)
+    assert loop["overhead_over_gpu_model"] == pytest.approx(loop["overhead_ms"] / 40)
+    assert loop["bound_met"] == (loop["overhead_ms"] <= 4.0)
+    assert loop["mapping_ms"] > 0 and loop["startup_s"] >= 0 and loop["plan_s"] >= 0
+    assert os.listdir(temporary) == []  # the shards and files went to a temporary folder, removed
+
+
+def test_benchmark_gpu_model_ms_must_be_positive(tiny_model_files):
+    result = run_benchmark(["--config-file", os.path.join(REPO_ROOT, "configs", "clearclip_coco.yaml"), "--gpu-model-ms", "0"])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["benchmark.py: error: --gpu-model-ms 0.0 must be a positive time in milliseconds"]

@@ -74,9 +74,9 @@ class StandInModel:
         return outputs
 
 
-def evaluate(cfg, dataset_name, output_dir, model=None, resume=False, skip=False):
+def evaluate(cfg, dataset_name, output_dir, model=None, resume=False, skip=False, **evaluator_options):
     model = model or StandInModel()
-    evaluator = ClearCLIPSemSegEvaluator(dataset_name, output_dir=output_dir, skip_bad_images=skip)
+    evaluator = ClearCLIPSemSegEvaluator(dataset_name, output_dir=output_dir, skip_bad_images=skip, **evaluator_options)
     plan = plan_evaluation(cfg, dataset_name, output_dir, resume)
     mapper = ClearCLIPDatasetMapper(cfg, False, mark_bad_images=True)
     return run_planned_evaluation(
@@ -305,6 +305,35 @@ def test_bad_file_is_skipped_and_listed(cfg, dataset, tmp_path, kind):
         assert evaluate(cfg, good_name, str(tmp_path / "good_out"))["sem_seg"] == results["sem_seg"]
     finally:
         unregister(good_name)
+
+
+def test_background_thread_and_in_line_give_the_same_results_and_files(cfg, dataset, tmp_path):
+    """The evaluator's per-image work on its background thread (``images_in_flight`` > 0, as
+    ``Trainer.build_evaluator`` builds it) or in line (0, the default): the same metrics, files
+    and shards; the same stop at a bad file, and the same skip."""
+    root, name = dataset
+    outputs = {}
+    for in_flight in (0, 1, 4):
+        outputs[in_flight] = evaluate(cfg, name, str(tmp_path / f"out{in_flight}"), images_in_flight=in_flight)
+    assert outputs[0] == outputs[1] == outputs[4]
+    for output in ("sem_seg_predictions.json", "sem_seg_evaluation.pth", "skipped.txt"):
+        assert len({(tmp_path / f"out{n}" / output).read_bytes() for n in (0, 1, 4)}) == 1, output
+    shards = [sorted(os.listdir(tmp_path / f"out{n}" / SHARD_FOLDER / "images")) for n in (0, 1, 4)]
+    assert shards[0] == shards[1] == shards[2] and len(shards[0]) == len(SIZES)
+    with pytest.raises(KeyboardInterrupt):  # the images handed to the thread keep their shards
+        evaluate(cfg, name, str(tmp_path / "cut"), model=StandInModel(fail_after=2), images_in_flight=4)
+    assert len(os.listdir(tmp_path / "cut" / SHARD_FOLDER / "images")) == 2
+    out_of_range_label(root)
+    messages = []
+    for in_flight in (0, 4):
+        with pytest.raises(ClearCLIPError) as info:
+            evaluate(cfg, name, str(tmp_path / f"bad{in_flight}"), images_in_flight=in_flight)
+        messages.append(str(info.value).replace(f"bad{in_flight}", "bad"))
+        assert len(os.listdir(tmp_path / f"bad{in_flight}" / SHARD_FOLDER / "images")) == 2
+    assert messages[0] == messages[1] and "stopped after 2 of 5 images" in messages[0]
+    skipped = [evaluate(cfg, name, str(tmp_path / f"skip{n}"), skip=True, images_in_flight=n) for n in (0, 4)]
+    assert skipped[0] == skipped[1] and skipped[0]["evaluation"] == {"images": 4, "skipped_images": 1}
+    assert (tmp_path / "skip0" / "skipped.txt").read_bytes() == (tmp_path / "skip4" / "skipped.txt").read_bytes()
 
 
 def test_a_fixed_bad_file_is_evaluated_on_resume(cfg, dataset, tmp_path):

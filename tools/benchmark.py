@@ -4,7 +4,7 @@
     python tools/benchmark.py --config-file configs/clearclip_coco.yaml --size 448x640 \
         --threads 2 --runs 10 --json output/benchmark.json \
         --opts MODEL.CLEARCLIP.PRETRAINED "" MODEL.CLEARCLIP.WINDOW_BATCH 8
-    python tools/benchmark.py --config-file configs/clearclip_coco.yaml --dataset coco_2017_test_stuff_sem_seg --num-images 20
+    python tools/benchmark.py --config-file configs/clearclip_coco.yaml --dataset coco_2017_val_stuff_sem_seg --num-images 40
 
 Per mode it prints images/s, the median and 90th-percentile latency of a forward over
 ``--batch`` images (after ``--warmup`` untimed runs), the peak memory (CPU RSS of the process;
@@ -16,8 +16,14 @@ encoder alone on one window batch. ``fast`` is the plugin (windows in batches of
 time with open_clip's blocks and the last block twice, as the authors' code does. Both give
 the same probabilities (the largest difference is printed). The code is
 ``clearclip_d2/engine/benchmark.py``. ``--size HxW`` is the model's
-input size (after the test-time resize), a synthetic image; ``--dataset`` maps the first
-``--num-images`` images of a registered dataset with the test mapper.
+input size (after the test-time resize), a synthetic image.
+
+``--dataset`` times the evaluation loop instead (``clearclip_d2/engine/loop_benchmark.py``): the
+loop of ``Trainer.test`` (test loader, labels-only model, ClearCLIP's evaluator writing its
+shards and files to a temporary folder) on the first ``--num-images`` images of a registered
+dataset, with the milliseconds per image of the model and of everything else (loader wait,
+the evaluator's parts in the main thread and on its background thread, evaluate, the rest),
+against the bound of 10% of ``--gpu-model-ms`` (docs/PERFORMANCE.md, "Evaluation loop").
 """
 
 import argparse
@@ -41,7 +47,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config-file", required=True, metavar="FILE")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--size", default="448x640", help="model input HEIGHTxWIDTH of a synthetic image (default 448x640)")
-    source.add_argument("--dataset", default="", help="a registered dataset: its first --num-images images")
+    source.add_argument("--dataset", default="", help="a registered dataset: time the evaluation loop on its first --num-images images")
     parser.add_argument("--num-images", type=int, default=4, help="images of --dataset (default 4)")
     parser.add_argument("--batch", type=int, default=1, help="images per forward (default 1)")
     parser.add_argument("--runs", type=int, default=10, help="timed forwards per mode (default 10)")
@@ -51,6 +57,11 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-flops", action="store_true", help="skip the fvcore FLOP count (slow for big models)")
     parser.add_argument("--per-pixel-classes", default="3,171,847",
                         help="class counts whose per-pixel work is timed against the encoder ('' = skip; default 3,171,847)")
+    parser.add_argument("--gpu-model-ms", type=float, default=20.0,
+                        help="--dataset: the model time per image of a GPU-sized model, the reference of the "
+                             "loop-overhead bound (10%% of it; default 20, an estimate for ViT-B/16 fp32 on an A100)")
+    parser.add_argument("--evaluator-in-line", action="store_true",
+                        help="--dataset: the evaluator's per-image work in the main thread, without its background thread (to compare)")
     parser.add_argument("--json", default="", metavar="PATH", help="also write the results as JSON (atomically)")
     add_opts_option(parser)
     return parser

@@ -6,7 +6,9 @@
 #   3. runs `pytest -m cuda tests/test_cuda.py` (CUDA fp32 vs CPU fp32, fp16/bf16/fp16_weights,
 #      class chunks, the memory bound, CUDA/NCCL evaluation, each image encoder; docs/PERFORMANCE.md#gpu-checks);
 #   4. runs tools/benchmark.py on CUDA (timed with CUDA events) at fp32, fp16 and bf16, random
-#      ViT-B/16 weights, COCO-Stuff's 171 classes, one 448 x 640 image.
+#      ViT-B/16 weights, COCO-Stuff's 171 classes, one 448 x 640 image;
+#   5. runs tools/benchmark.py --dataset (the evaluation loop around the model) on a synthetic
+#      COCO-Stuff of 40 images of 480 x 640.
 #
 # Usage (from the repository root, on the GPU machine):  bash tools/gpu_check.sh [REPORT]
 #   REPORT defaults to gpu_check_report.txt; it is written even when a step fails (the exit
@@ -92,6 +94,20 @@ for precision in fp32 fp16 bf16; do
     --opts MODEL.DEVICE cuda MODEL.CLEARCLIP.PRECISION "$precision" MODEL.CLEARCLIP.PRETRAINED "" \
     MODEL.CLEARCLIP.CACHE_DIR "" MODEL.CLEARCLIP.PROMPT_TEMPLATES "['a photo of a {}.']"
 done
+
+# ----------------------------------------------------------------------------- 5. evaluation loop
+# The loop of Trainer.test around the model (docs/PERFORMANCE.md#evaluation-loop): ViT-B/16 on a
+# synthetic 480 x 640, 171-class COCO-Stuff; the report gives the model's ms per image on this GPU
+# (the reference of --gpu-model-ms) and everything else the loop does per image.
+LOOP_DATA="$(mktemp -d)"
+step "synthetic COCO-Stuff for the evaluation loop" 60 "$PYTHON" -c "import pathlib, sys; sys.path.insert(0, 'tests'); \
+from synthetic_coco import write_coco_stuff_layout; \
+write_coco_stuff_layout(pathlib.Path('$LOOP_DATA'), [(480, 640)] * 40, num_labels=171, block=32)"
+step "tools/benchmark.py --dataset on CUDA (evaluation loop)" 120 env DETECTRON2_DATASETS="$LOOP_DATA" \
+  "$PYTHON" tools/benchmark.py --config-file configs/clearclip_coco.yaml --dataset coco_2017_val_stuff_sem_seg --num-images 40 \
+  --opts MODEL.DEVICE cuda MODEL.CLEARCLIP.PRETRAINED "" MODEL.CLEARCLIP.CACHE_DIR "" \
+  MODEL.CLEARCLIP.PROMPT_TEMPLATES "['a photo of a {}.']"
+rm -rf "$LOOP_DATA"
 
 log "" "==> summary: $((SECONDS - START)) s"
 if [ "${#FAILED[@]}" -gt 0 ]; then

@@ -308,20 +308,10 @@ def parse_modes(text: str) -> List[str]:
 
 
 def build_inputs(cfg, args) -> List[List[Dict]]:
-    """Batches (lists of Detectron2 input dicts) to run: synthetic or from a dataset."""
-    if args.dataset:
-        from detectron2.data import DatasetCatalog
-
-        from ..data import ClearCLIPDatasetMapper
-
-        if args.dataset not in DatasetCatalog.list():
-            raise ClearCLIPError(f"--dataset {args.dataset!r} is not registered; registered: {', '.join(DatasetCatalog.list())}")
-        mapper = ClearCLIPDatasetMapper(cfg, False)
-        images = [mapper(d) for d in DatasetCatalog.get(args.dataset)[: args.num_images]]
-    else:
-        height, width = parse_size(args.size)
-        generator = torch.Generator().manual_seed(0)
-        images = [{"image": torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)}]
+    """Batches (lists of Detectron2 input dicts) to run: one synthetic image of ``--size``."""
+    height, width = parse_size(args.size)
+    generator = torch.Generator().manual_seed(0)
+    images = [{"image": torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)}]
     images = [{"image": d["image"], "height": d["image"].shape[-2], "width": d["image"].shape[-1]} for d in images]
     batch = max(args.batch, 1)
     cycled = [images[i % len(images)] for i in range(max(batch, len(images)))]
@@ -336,7 +326,7 @@ def build_benchmark_model(cfg, args):
 
     model = build_model(cfg).eval()
     if args.dataset:
-        model.use_dataset_vocabulary(args.dataset)
+        model.use_dataset(args.dataset)  # its classes and background threshold, as Trainer.test
     elif vocabulary_from_config(cfg) is None:
         model.set_vocabulary(PLACEHOLDER_VOCABULARY)
     return model
@@ -469,6 +459,8 @@ def check_benchmark_args(args) -> List[str]:
     modes = parse_modes(args.modes)
     if args.runs < 1 or args.warmup < 0 or args.batch < 1 or args.num_images < 1:
         raise ClearCLIPError("--runs, --batch and --num-images must be >= 1 and --warmup >= 0")
+    if not args.gpu_model_ms > 0:
+        raise ClearCLIPError(f"--gpu-model-ms {args.gpu_model_ms} must be a positive time in milliseconds")
     if not args.dataset:
         parse_size(args.size)
     parse_class_counts(args.per_pixel_classes)
@@ -502,6 +494,8 @@ def run_benchmark(args, program: str = "benchmark.py") -> dict:
         torch.set_num_threads(args.threads)
     cc = cfg.MODEL.CLEARCLIP
     device = torch.device(cfg.MODEL.DEVICE)
+    if args.dataset:
+        return run_loop_benchmark(cfg, args)
     modes, skip_flops = modes_for_encoder(modes, cc.ENCODER, args.no_flops)
     batches = build_inputs(cfg, args)
     model = build_benchmark_model(cfg, args)
@@ -565,6 +559,84 @@ def run_benchmark(args, program: str = "benchmark.py") -> dict:
     return report
 
 
+# ------------------------------------------------------------------------------ the evaluation loop
+def run_loop_benchmark(cfg, args) -> dict:
+    """``--dataset``: the evaluation loop of ``Trainer.test`` on the first ``--num-images``
+    images (:mod:`.loop_benchmark`); the report's ``loop`` holds milliseconds per image."""
+    from .loop_benchmark import per_image_report, run_evaluation_loop
+
+    cc = cfg.MODEL.CLEARCLIP
+    model = build_benchmark_model(cfg, args)
+    start = time.perf_counter()
+    model.text_embeddings()
+    text_seconds = time.perf_counter() - start
+    loop = run_evaluation_loop(cfg, model, args.dataset, args.num_images, args.evaluator_in_line)
+    return {
+        "config_file": args.config_file,
+        "opts": list(args.opts),
+        "model": cc.MODEL_NAME,
+        "device": str(model.device),
+        "precision": cc.PRECISION,
+        "threads": torch.get_num_threads(),
+        "input": args.dataset,
+        "images": loop["images"],
+        "num_workers": loop["num_workers"],
+        "evaluator": "in line" if loop["evaluator_in_line"] else "background thread",
+        "num_queries": len(model.vocabulary.queries),
+        "text_embedding_s": text_seconds,
+        "loop": per_image_report(loop, args.gpu_model_ms),
+    }
+
+
+LOOP_ROWS = [
+    ("wall", "wall_ms"),
+    ("model (forward)", "model_ms"),
+    ("loader wait (main process)", "loader_wait_ms"),
+    ("evaluator.process (main thread)", "process_ms"),
+    ("evaluator.evaluate (amortised)", "evaluate_ms"),
+    ("other (inference_on_dataset)", "other_ms"),
+    ("everything else = wall - model", "overhead_ms"),
+]
+
+
+def format_loop_report(report: dict) -> str:
+    """The ``--dataset`` report: ms per image per part of the loop, and the overhead against the bound."""
+    from tabulate import tabulate
+
+    loop = report["loop"]
+    median = loop["median_ms"]
+
+    def row(label, value, part=""):
+        return [label, f"{value:.2f}", f"{median[part]:.2f}" if part in median else ""]
+
+    rows = [row(label, loop[key], key[: -len("_ms")]) for label, key in LOOP_ROWS]
+    rows += [row(f"  process: {name}", value, name) for name, value in loop["process_parts_ms"].items()]
+    rows += [row(f"evaluator background thread: {name}", value, name) for name, value in loop.get("evaluator_worker_ms", {}).items()]
+    if "evaluator_worker_total_ms" in loop:
+        rows.append(row("evaluator background thread, all (overlaps the model)", loop["evaluator_worker_total_ms"]))
+    rows.append(row("loader worker: mapping one image (overlaps the model)", loop["mapping_ms"]))
+    header = (
+        f"evaluation loop: {report['model']} on {report['device']} ({report['precision']}, {report['threads']} threads), "
+        f"{report['input']}, {report['images']} images, {report['num_workers']} loader workers, {report['num_queries']} queries, "
+        f"evaluator work {report['evaluator']}\n"
+        f"one-offs: plan {loop['plan_s']:.2f} s, loader start-up (first batch) {loop['startup_s']:.2f} s; "
+        f"text embeddings {report['text_embedding_s']:.2f} s"
+    )
+    verdict = "met" if loop["bound_met"] else "NOT met"
+    footer = (
+        f"everything else {loop['overhead_ms']:.2f} ms/image = {loop['overhead_over_model']:.1%} of this model's "
+        f"{loop['model_ms']:.2f} ms, {loop['overhead_over_gpu_model']:.1%} of a GPU-sized model's {loop['gpu_model_ms']:g} ms "
+        f"(--gpu-model-ms); bound {loop['bound_ms']:.2f} ms (10%): {verdict}"
+    )
+    if "evaluator_worker_total_ms" in loop:
+        below = "below" if loop["evaluator_worker_below_gpu_model"] else "NOT below"
+        footer += (
+            f"\nevaluator background thread {loop['evaluator_worker_total_ms']:.2f} ms/image: {below} the GPU-sized "
+            f"model's {loop['gpu_model_ms']:g} ms (it overlaps the model; above it, it would be the bottleneck)"
+        )
+    return "\n".join([header, tabulate(rows, headers=["ms per image", "mean", "median"], tablefmt="github"), footer])
+
+
 # ------------------------------------------------------------------------------ the report
 ROWS = [
     ("images/s", "images_per_s", "{:.3f}"),
@@ -600,6 +672,9 @@ def table_rows(specs, columns: List[dict]) -> List[List[str]]:
 def format_report(report: dict) -> str:
     """The report of :func:`run_benchmark` as a header, a table (a column per mode) and the speed-up."""
     from tabulate import tabulate
+
+    if "loop" in report:
+        return format_loop_report(report)
 
     modes = list(report["modes"])
     results = [report["modes"][m] for m in modes]

@@ -26,6 +26,7 @@ from ..data.sem_seg_train import build_sem_seg_train_mapper
 from ..data.vocabulary import load_vocabulary_file
 from ..evaluation import ClearCLIPSemSegEvaluator
 from ..evaluation.bad_inputs import progress_message
+from ..evaluation.sem_seg_evaluation import MAX_IMAGES_IN_FLIGHT
 from ..evaluation.resumable import plan_evaluation, run_planned_evaluation
 from ..evaluation.shards import SHARD_FOLDER, ShardStore
 from ..checks import check_num_workers, check_vocabulary_matches_dataset, check_weights_file
@@ -50,11 +51,14 @@ class Trainer(DefaultTrainer):
         return super().build_hooks()
 
     @classmethod
-    def build_evaluator(cls, cfg, dataset_name, output_folder=None, skip_bad_images=False):
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None, skip_bad_images=False, images_in_flight=MAX_IMAGES_IN_FLIGHT):
+        """ClearCLIP's evaluator, its per-image work on a background thread (up to
+        ``images_in_flight`` images outstanding; 0: in line, ``tools/benchmark.py --evaluator-in-line``)."""
         if output_folder is None:
             output_folder = evaluation_output_dir(cfg, dataset_name)
         return ClearCLIPSemSegEvaluator(
-            dataset_name, distributed=True, output_dir=output_folder, skip_bad_images=skip_bad_images
+            dataset_name, distributed=True, output_dir=output_folder, skip_bad_images=skip_bad_images,
+            images_in_flight=images_in_flight,
         )
 
     @classmethod

@@ -163,11 +163,17 @@ def run_planned_evaluation(
 
     ``build_loader(dataset_dicts)`` builds the test loader of the remaining images; bad images
     it marks (see :class:`~.bad_inputs.BadInputFilter`) go to ``evaluator.report_bad_input``
-    instead of the model. With nothing left to do, only the stored results are merged.
+    instead of the model. With nothing left to do, only the stored results are merged. However
+    the loop ends, the evaluator's outstanding per-image work is finished (``finish_pending``).
     """
     evaluator.use_plan(plan)
     if not plan.remaining:
         evaluator.reset()
         return evaluator.evaluate() or {}
     loader = BadInputFilter(build_loader(plan.remaining), evaluator.report_bad_input)
-    return inference_on_dataset(model, loader, evaluator)
+    try:
+        return inference_on_dataset(model, loader, evaluator)
+    finally:
+        # Interrupted (a model error, Ctrl-C): the images already handed to the evaluator
+        # keep their shards, as if it had worked in line.
+        evaluator.finish_pending()

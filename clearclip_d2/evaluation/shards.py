@@ -166,13 +166,15 @@ class ShardStore:
         return os.path.join(self.images_folder, f"{digest}.json")
 
     def write(self, result: ImageResult, num_classes: int, label_file: str) -> None:
-        """Write one image's shard atomically (a killed run leaves it whole or absent)."""
+        """Write one image's shard atomically (a killed run leaves it whole or absent). Not
+        synced to the disk (an fsync per image costs more than the rest of the evaluator's
+        work): after a crash of the machine a shard may be empty, and :meth:`load` ignores it."""
         key = self.key(result.file_name)
         record = result_to_json(result, key, num_classes)
         record["files"] = input_files_identity(result.file_name, label_file)
         record["fingerprint"] = self.fingerprint_digest
-        with atomic_write(self.shard_path_of_key(key), "w") as f:
-            json.dump(record, f, separators=(",", ":"))
+        with atomic_write(self.shard_path_of_key(key), "w", durable=False) as f:
+            f.write(json.dumps(record, separators=(",", ":")))
 
     def load(self, dataset_dicts: Iterable[Dict], num_classes: int) -> Dict[str, ImageResult]:
         """The stored results of the images that have a usable shard, by file name.

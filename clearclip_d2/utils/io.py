@@ -12,10 +12,12 @@ from typing import IO, Any, Iterator
 
 
 @contextlib.contextmanager
-def atomic_write(path: str, mode: str = "w") -> Iterator[IO]:
+def atomic_write(path: str, mode: str = "w", durable: bool = True) -> Iterator[IO]:
     """Open a temporary file beside ``path``; rename it onto ``path`` only on success.
 
-    On an exception the temporary file is removed and ``path`` is left as it was.
+    On an exception the temporary file is removed and ``path`` is left as it was. ``durable``:
+    the data reach the disk (fsync) before the rename; without it a crash of the machine (not of
+    the process) may leave the file empty, so only for files whose readers check them.
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -24,7 +26,8 @@ def atomic_write(path: str, mode: str = "w") -> Iterator[IO]:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp_path, 0o666 & ~_current_umask())  # mkstemp makes 0600 files
         os.replace(tmp_path, path)
     except BaseException:
