@@ -31,6 +31,7 @@ from ..modeling.inference.per_pixel import separable_labels, separable_probabili
 from ..modeling.inference.slide_inference import padded_size, slide_window_boxes
 from ..utils.errors import ClearCLIPError
 from ..utils.io import write_proc_control
+from ..utils.timing import synchronize
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +66,6 @@ def mode_forward(model, mode: str) -> Callable[[List[Dict]], List[Dict[str, torc
 
 
 # ------------------------------------------------------------------------------ timing
-def synchronize(device: torch.device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_runs(run: Callable[[], object], runs: int, warmup: int, device: torch.device) -> List[float]:
     """Seconds of each of ``runs`` calls of ``run`` after ``warmup`` untimed calls: on CUDA
     between two CUDA events around the call (the GPU's clock), elsewhere by the wall clock."""

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..utils.errors import ClearCLIPError
-from ..utils.timing import PartTimer
+from ..utils.timing import PartTimer, synchronize
 
 EVALUATOR_PARTS = ("to_cpu", "collect")  # main thread; the background thread's are "worker_*"
 
@@ -74,8 +74,6 @@ class TimedModel(nn.Module):
         self.timer = timer
 
     def forward(self, batched_inputs):
-        from .benchmark import synchronize
-
         with self.timer.part("model"):
             outputs = self.model(batched_inputs)
             synchronize(self.model.device)

@@ -5,6 +5,14 @@ import threading
 import time
 from typing import Dict, Iterator, List
 
+import torch
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on a CUDA ``device`` (so that the wall clock covers it); nothing elsewhere."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
 
 class PartTimer:
     """Sums the wall-clock seconds spent in each named part (``with timer.part(name): ...``);
