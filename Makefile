@@ -11,6 +11,7 @@
 #   make test-numpy1                the suite with numpy 1.26.4 instead of requirements.txt's numpy 2
 #                                   (on .venv's Python, <= 3.12; numpy 1.26 has no 3.13 wheels)
 #   make test-d2-v06                the suite with Detectron2 v0.6 in its own venv (.venv-d2-v06)
+#   make test PYTHON=python3.13 VENV=.venv-py313   the suite on another Python, in its own venv
 #   make check-requirements         requirements.txt resolves to wheels without backtracking on each
 #                                   python3.9 ... python3.13 on PATH (package index, ~1 min each)
 #
@@ -57,7 +58,7 @@ DEMO_OPTS := $(if $(strip $(WEIGHTS)),MODEL.CLEARCLIP.PRETRAINED '$(WEIGHTS)' MO
 .PHONY: help install test test-numpy1 test-d2-v06 check-requirements demo clean clean-venv
 
 help:
-	@sed -n '1,18p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '1,19p' Makefile | sed 's/^# \{0,1\}//'
 
 $(STAMP): requirements.txt setup.py tools/install_env.sh tools/install_detectron2_v06.sh
 	PYTHON="$(PYTHON)" VENV="$(VENV)" D2="$(D2)" bash tools/install_env.sh
