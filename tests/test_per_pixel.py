@@ -1,7 +1,8 @@
 """The fused per-pixel work (modeling/inference/per_pixel.py) against the plain implementation
 it replaced (tests/reference_per_pixel.py): equal labels, probabilities to 1e-6 or, where the
-plain computation's own fp32 rounding is larger (logits ~0.6 times a scale of 50), no farther
-from the exact (fp64) values than the plain computation is, and within 2e-6 of it."""
+plain computation's own fp32 rounding is larger (logits ~0.6 times a scale of 50), within 1e-6
+of the exact (fp64) values or no farther from them than the plain computation is, and within
+2e-6 of it."""
 
 import pytest
 import torch
@@ -79,7 +80,8 @@ def test_fused_probabilities_and_labels_equal_the_plain_computation(image_size, 
     difference = float((probs - expected).abs().max())
     if difference >= 1e-6:
         exact = exact_probabilities(separable, text, out_size, query_to_class, classes, threshold)
-        assert (probs.double() - exact).abs().max() <= (expected.double() - exact).abs().max() + 1e-7
+        fused_error, plain_error = ((p.double() - exact).abs().max() for p in (probs, expected))
+        assert fused_error < 1e-6 or fused_error <= plain_error + 1e-7  # the rounding depends on the CPU's kernels
         assert difference < 2e-6
     for chunk in (queries, 3):
         labels, confidence = separable_labels(separable, text, out_size, LOGIT_SCALE, query_to_class, threshold, chunk)
