@@ -3,7 +3,9 @@
 Every test builds what it needs here: no weights or datasets are downloaded.
 """
 
+import contextlib
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -12,6 +14,20 @@ import pytest
 import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@contextlib.contextmanager
+def capturing_warnings(caplog, logger_name):
+    """``caplog`` capturing the warnings of ``logger_name`` even where Detectron2's
+    ``setup_logger`` made the package's logger non-propagating (pytest < 9 listens only at the
+    root logger)."""
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger=logger_name):
+            yield
+    finally:
+        logger.removeHandler(caplog.handler)
 sys.path.insert(0, os.path.join(REPO_ROOT, "tests"))
 
 # The tests (and the tools they start as subprocesses) never write the user's text-embedding

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO_ROOT, tiny_cfg
+from conftest import REPO_ROOT, capturing_warnings, tiny_cfg
 from clearclip_d2.utils.errors import ClearCLIPError
 
 
@@ -193,8 +193,6 @@ def test_train_net_names_an_unwritable_output_dir(tiny_model_files, tmp_path):
 
 # --------------------------------------------------------------------------- item 11
 def test_a_video_that_stops_decoding_part_way_is_warned_about(tmp_path, caplog):
-    import logging
-
     import cv2
 
     from clearclip_d2.engine.video import probe_video, read_video_frames
@@ -208,7 +206,7 @@ def test_a_video_that_stops_decoding_part_way_is_warned_about(tmp_path, caplog):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])  # a truncated download
     expected = probe_video(str(path)).frames
-    with caplog.at_level(logging.WARNING):
+    with capturing_warnings(caplog, "clearclip_d2.engine.video"):
         frames = list(read_video_frames(str(path), "RGB", expected))
     assert 0 < len(frames) < expected == 10
     assert f"frames stopped decoding after frame {len(frames)} of the 10" in caplog.text

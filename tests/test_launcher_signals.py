@@ -4,10 +4,12 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 
+from conftest import REPO_ROOT
 from test_long_evaluation import ONE_TEMPLATE, SMALL_INPUT, shard_files
 from test_train_net import train_net_command, write_coco_stuff
 
@@ -134,9 +136,33 @@ def pdeathsig_of_this_process(_):
 def test_data_loader_workers_end_with_the_process_reading_them():
     import torch.utils.data
 
-    from clearclip_d2.utils.processes import EndingWithTheLoader
+    from clearclip_d2.utils.processes import end_workers_with_the_reader
 
-    mapper = EndingWithTheLoader(pdeathsig_of_this_process)
-    loader = torch.utils.data.DataLoader(list(range(2)), batch_size=None, num_workers=1, collate_fn=mapper)
-    assert list(loader) == [signal.SIGTERM, signal.SIGTERM]
-    assert mapper(0) == pdeathsig_of_this_process(0)  # the reading process itself is left as it was
+    started = []
+    loader = torch.utils.data.DataLoader(list(range(2)), batch_size=None, num_workers=1, collate_fn=pdeathsig_of_this_process,
+                                         worker_init_fn=started.append)  # the loader's own one still runs (in the worker)
+    assert list(end_workers_with_the_reader(loader)) == [signal.SIGTERM, signal.SIGTERM]
+    assert pdeathsig_of_this_process(0) == 0  # the reading process itself is left as it was
+    chained = torch.utils.data.DataLoader(list(range(1)), batch_size=None, num_workers=1, collate_fn=lambda item: item,
+                                          worker_init_fn=lambda worker_id: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        list(end_workers_with_the_reader(chained))
+
+
+def ended_by(code):
+    """The exit status of ``python -c code`` with this repository importable."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO_ROOT, os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-c", code], env=env, timeout=300).returncode
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="Linux only")
+def test_a_process_whose_parent_ended_before_it_asked_to_end_with_it_ends_then():
+    """The kernel's parent-death signal covers only a parent that ends after the request: a
+    worker whose rank ended while it was starting (seen: a rank stopped with its launcher) or a
+    rank whose launcher did, must end by itself, not wait for work forever."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    ask = "import time; from clearclip_d2.utils.processes import end_with_parent; end_with_parent({}); time.sleep(120)"
+    assert ended_by(ask.format(gone.pid)) == -signal.SIGTERM
+    # a process started by another one than expected, which is still running, goes on
+    assert ended_by(ask.format(os.getpid()).replace("time.sleep(120)", "pass")) == 0

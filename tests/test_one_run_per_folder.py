@@ -1,7 +1,6 @@
 """One run per output folder, and no shard of another run ever counted (issue 12, item 3)."""
 
 import json
-import logging
 import os
 import shutil
 import signal
@@ -11,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import REPO_ROOT, tiny_cfg
+from conftest import REPO_ROOT, capturing_warnings, tiny_cfg
 from test_resumable import SIZES, StandInModel, evaluate
 from test_resumable import dataset, cfg  # noqa: F401 (fixtures)
 from clearclip_d2.evaluation.shards import SHARD_FOLDER
@@ -43,7 +42,7 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, caplog):
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    with caplog.at_level(logging.WARNING), output_folder_lock(folder):
+    with capturing_warnings(caplog, "clearclip_d2.utils.run_lock"), output_folder_lock(folder):
         record = json.loads((tmp_path / "out" / LOCK_FILE).read_text())
         assert record["pid"] == os.getpid()
     assert f"ended without releasing it (pid {holder.pid})" in caplog.text

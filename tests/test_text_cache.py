@@ -1,8 +1,6 @@
 """The text-embedding disk cache: hits skip the text tower; any key change, or a damaged or
 foreign file, rebuilds the entry (with a warning for bad files)."""
 
-import contextlib
-import logging
 import os
 import shutil
 
@@ -10,7 +8,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from conftest import FEW_TEMPLATES, save_random_checkpoint, tiny_cfg
+from conftest import FEW_TEMPLATES, capturing_warnings, save_random_checkpoint, tiny_cfg
 from clearclip_d2.constants import CACHE_DIR_ENV, default_text_cache_dir
 from clearclip_d2.modeling.clip.text_cache import TextEmbeddingCache
 
@@ -22,18 +20,6 @@ def cached_model(model_files, cache_dir, **overrides):
     model = build_model(cfg).eval()
     model.set_vocabulary(CLASSES)
     return model
-
-
-@contextlib.contextmanager
-def cache_warnings(caplog):
-    """Capture the cache's warnings even if a Detectron2 logger set-up stopped propagation."""
-    logger = logging.getLogger("clearclip_d2.modeling.clip.text_cache")
-    logger.addHandler(caplog.handler)
-    try:
-        with caplog.at_level(logging.WARNING, logger=logger.name):
-            yield
-    finally:
-        logger.removeHandler(caplog.handler)
 
 
 def text_tower_calls(model):
@@ -160,7 +146,7 @@ def test_a_bad_file_is_rebuilt_with_a_warning(tiny_model_files, tmp_path, caplog
         damage(path)
     fresh = cached_model(tiny_model_files, tmp_path)
     calls = text_tower_calls(fresh)
-    with cache_warnings(caplog):
+    with capturing_warnings(caplog, "clearclip_d2.modeling.clip.text_cache"):
         rebuilt = fresh.text_embeddings()
     assert calls, "a damaged entry was trusted"
     assert "rebuilding it" in caplog.text
@@ -180,7 +166,7 @@ def test_an_unwritable_folder_only_warns(tiny_model_files, tmp_path, caplog):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     model = cached_model(tiny_model_files, blocker / "cache")
-    with cache_warnings(caplog):
+    with capturing_warnings(caplog, "clearclip_d2.modeling.clip.text_cache"):
         embeddings = model.text_embeddings()
     assert embeddings.shape == (4, 32)
     assert "cannot write the text-embedding cache" in caplog.text

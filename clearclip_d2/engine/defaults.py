@@ -14,6 +14,7 @@ stopped this way resumes with ``--resume-eval``.
 
 import contextlib
 import multiprocessing
+import os
 import signal
 import sys
 from functools import partial
@@ -45,10 +46,11 @@ def output_folder_lock_of_run(cfg, args):
     return output_folder_lock(cfg.OUTPUT_DIR)
 
 
-def end_with_the_launcher() -> None:
-    """In a worker process: have the kernel send it SIGTERM when its parent (the launcher) dies,
-    however it dies (Linux only; elsewhere nothing happens)."""
-    end_with_parent()
+def end_with_the_launcher(launcher_pid: Optional[int] = None) -> None:
+    """In a worker process: have the kernel send it SIGTERM when its parent (the launcher,
+    ``launcher_pid``) dies, however it dies; a launcher already gone ends it now (Linux only;
+    elsewhere nothing happens)."""
+    end_with_parent(launcher_pid)
 
 
 @contextlib.contextmanager
@@ -68,10 +70,11 @@ def workers_stop_on_sigterm():
         signal.signal(signal.SIGTERM, previous)
 
 
-def report_user_errors(main, program: str, args):
+def report_user_errors(main, program: str, args, launcher_pid: Optional[int] = None):
     """``main(args)`` in a process started by ``launch``: user errors become one line (with the
-    rank) and exit status 2; the process ends with its launcher (:func:`end_with_the_launcher`)."""
-    end_with_the_launcher()
+    rank) and exit status 2; the process ends with its launcher, ``launcher_pid``
+    (:func:`end_with_the_launcher`)."""
+    end_with_the_launcher(launcher_pid)
     try:
         return main(args)
     except Exception as exc:
@@ -92,7 +95,7 @@ def launch_reporting_user_errors(main, args, program: str, after_worker_error: O
     try:
         with workers_stop_on_sigterm():
             launch(
-                partial(report_user_errors, main, program) if world_size > 1 else main,
+                partial(report_user_errors, main, program, launcher_pid=os.getpid()) if world_size > 1 else main,
                 args.num_gpus,
                 num_machines=args.num_machines,
                 machine_rank=args.machine_rank,

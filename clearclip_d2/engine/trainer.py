@@ -34,7 +34,7 @@ from ..modeling.backbone import check_clearclip_backbone_config
 from ..modeling.checkpoint import safe_checkpointer_like
 from ..utils.errors import ClearCLIPError
 from ..utils.io import atomic_write_json
-from ..utils.processes import EndingWithTheLoader
+from ..utils.processes import end_workers_with_the_reader
 
 logger = logging.getLogger("clearclip_d2")
 SUMMARY_METRICS = ("mIoU", "mIoU-mmseg", "fwIoU", "mACC", "pACC")
@@ -72,11 +72,13 @@ class Trainer(DefaultTrainer):
     def build_test_loader(cls, cfg, dataset_name, dataset_dicts=None):
         """The test loader of a dataset (Detectron2's signature, for hooks and user code), or of
         ``dataset_dicts`` (the images still to evaluate, as :meth:`test` uses it), whose
-        unreadable images come out as markers for the evaluator."""
+        unreadable images come out as markers for the evaluator. Its worker processes end
+        with the process reading it (:func:`~..utils.processes.end_workers_with_the_reader`)."""
         if dataset_dicts is None:
-            return build_detection_test_loader(cfg, dataset_name, mapper=ClearCLIPDatasetMapper(cfg, False))
-        mapper = EndingWithTheLoader(ClearCLIPDatasetMapper(cfg, False, mark_bad_images=True))
-        return build_detection_test_loader(dataset_dicts, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS)
+            return end_workers_with_the_reader(build_detection_test_loader(cfg, dataset_name, mapper=ClearCLIPDatasetMapper(cfg, False)))
+        mapper = ClearCLIPDatasetMapper(cfg, False, mark_bad_images=True)
+        loader = build_detection_test_loader(dataset_dicts, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS)
+        return end_workers_with_the_reader(loader)
 
     @classmethod
     def test(cls, cfg, model, evaluators=None, resume_eval=False, skip_bad_images=False):

@@ -6,41 +6,63 @@ import ctypes
 import os
 import signal
 import sys
-from typing import Callable, Dict, Optional
+from typing import Callable, Optional
 
 import torch.utils.data
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
-def end_with_parent() -> None:
+def is_running(pid: int) -> bool:
+    """Whether process ``pid`` exists (a zombie counts: it has ended but is not yet reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def end_with_parent(parent: Optional[int] = None) -> None:
     """Have the kernel send this process SIGTERM when its parent ends, however it ends (even by
-    SIGKILL). The parent is the thread that started this process."""
+    SIGKILL). The parent is the thread that started this process.
+
+    The request covers only a parent that ends after it, so ``parent`` (the pid this process was
+    started by; default: the current parent) is checked afterwards: if the process has another
+    parent by then and ``parent`` is gone, this process ends now.
+    """
     if not sys.platform.startswith("linux"):
         return
-    parent = os.getppid()
+    expected = os.getppid() if parent is None else parent
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # it ended before the request was in place
+    if os.getppid() != expected and not is_running(expected):  # it ended before the request was in place
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-class EndingWithTheLoader:
-    """A mapper whose data-loader worker processes end with the process that reads the loader.
+class EndWithTheReader:
+    """A DataLoader ``worker_init_fn`` that has each worker process end with the process reading
+    the loader (the one that built this object), then runs ``previous`` (the loader's own
+    ``worker_init_fn``, if any).
 
-    PyTorch's workers notice a parent that is gone only every few seconds, and one that is busy
-    or blocked may outlive it for good (seen: a worker of a rank killed with its launcher).
-    In a worker, the first call asks the kernel to end the worker with its parent; in the
-    reading process itself (``num_workers`` 0) nothing changes.
+    PyTorch's workers check for a gone parent only every few seconds, and miss one that ended
+    while they were starting (seen: a worker of a rank stopped with its launcher, waiting for
+    work forever). The request is made when the worker starts, before it takes any work.
     """
 
-    def __init__(self, mapper: Callable[[Dict], Dict]):
-        self.mapper = mapper
-        self._set_in_pid: Optional[int] = None
+    def __init__(self, previous: Optional[Callable[[int], None]] = None):
+        self.previous = previous
+        self.reader_pid = os.getpid()
 
-    def __call__(self, dataset_dict: Dict) -> Dict:
-        if self._set_in_pid != os.getpid():
-            self._set_in_pid = os.getpid()
-            if torch.utils.data.get_worker_info() is not None:
-                end_with_parent()
-        return self.mapper(dataset_dict)
+    def __call__(self, worker_id: int) -> None:
+        end_with_parent(self.reader_pid)
+        if self.previous is not None:
+            self.previous(worker_id)
+
+
+def end_workers_with_the_reader(loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
+    """``loader`` (not yet iterated) whose worker processes end with this process
+    (:class:`EndWithTheReader` as its ``worker_init_fn``)."""
+    loader.worker_init_fn = EndWithTheReader(loader.worker_init_fn)
+    return loader
