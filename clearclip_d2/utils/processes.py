@@ -14,14 +14,15 @@ PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def is_running(pid: int) -> bool:
-    """Whether process ``pid`` exists (a zombie counts: it has ended but is not yet reaped)."""
+    """Whether process ``pid`` is running (Linux ``/proc``). A zombie, one that has ended but is
+    not yet reaped, is not: a process that ended with its own parent stays one until init
+    reaps it, and its children have been handed to init already."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
+    return state not in ("Z", "X")
 
 
 def end_with_parent(parent: Optional[int] = None) -> None:
