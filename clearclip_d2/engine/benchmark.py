@@ -303,15 +303,11 @@ def parse_modes(text: str) -> List[str]:
     return modes
 
 
-def build_inputs(cfg, args) -> List[List[Dict]]:
-    """Batches (lists of Detectron2 input dicts) to run: one synthetic image of ``--size``."""
+def build_inputs(args) -> List[List[Dict]]:
+    """One batch (a list of Detectron2 input dicts): ``--batch`` times one synthetic image of ``--size``."""
     height, width = parse_size(args.size)
-    generator = torch.Generator().manual_seed(0)
-    images = [{"image": torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)}]
-    images = [{"image": d["image"], "height": d["image"].shape[-2], "width": d["image"].shape[-1]} for d in images]
-    batch = max(args.batch, 1)
-    cycled = [images[i % len(images)] for i in range(max(batch, len(images)))]
-    return [cycled[i : i + batch] for i in range(0, len(cycled) - batch + 1, batch)]
+    image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    return [[{"image": image, "height": height, "width": width}] * max(args.batch, 1)]
 
 
 def build_benchmark_model(cfg, args):
@@ -326,6 +322,31 @@ def build_benchmark_model(cfg, args):
     elif vocabulary_from_config(cfg) is None:
         model.set_vocabulary(PLACEHOLDER_VOCABULARY)
     return model
+
+
+def build_model_with_text(cfg, args):
+    """The benchmark's model (:func:`build_benchmark_model`) with its text embeddings computed,
+    and the seconds they took (a one-off: cached on disk and in the model)."""
+    model = build_benchmark_model(cfg, args)
+    start = time.perf_counter()
+    model.text_embeddings()
+    return model, time.perf_counter() - start
+
+
+def report_header(cfg, args, model, source: str, text_seconds: float) -> dict:
+    """The fields every report starts with: what ran, where, on what input."""
+    cc = cfg.MODEL.CLEARCLIP
+    return {
+        "config_file": args.config_file,
+        "opts": list(args.opts),
+        "model": cc.MODEL_NAME,
+        "device": str(torch.device(cfg.MODEL.DEVICE)),
+        "precision": cc.PRECISION,
+        "threads": torch.get_num_threads(),
+        "input": source,
+        "num_queries": len(model.vocabulary.queries),
+        "text_embedding_s": text_seconds,
+    }
 
 
 def measure_mode(model, batches, args, mode: str, flops_per_image: float, peak_flops: float) -> dict:
@@ -488,17 +509,13 @@ def run_benchmark(args, program: str = "benchmark.py") -> dict:
     cfg = load_segmentor_config(args.config_file, args.opts, program)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    cc = cfg.MODEL.CLEARCLIP
-    device = torch.device(cfg.MODEL.DEVICE)
     if args.dataset:
         return run_loop_benchmark(cfg, args)
+    cc = cfg.MODEL.CLEARCLIP
+    device = torch.device(cfg.MODEL.DEVICE)
     modes, skip_flops = modes_for_encoder(modes, cc.ENCODER, args.no_flops)
-    batches = build_inputs(cfg, args)
-    model = build_benchmark_model(cfg, args)
-
-    start = time.perf_counter()
-    model.text_embeddings()
-    text_seconds = time.perf_counter() - start
+    batches = build_inputs(args)
+    model, text_seconds = build_model_with_text(cfg, args)
 
     compute_dtype = PRECISIONS[cc.PRECISION] or WEIGHT_DTYPES.get(cc.PRECISION, torch.float32)
     peak = matmul_peak_flops(device, compute_dtype, seconds=2.0)
@@ -506,13 +523,7 @@ def run_benchmark(args, program: str = "benchmark.py") -> dict:
     height, width = int(first.shape[-2]), int(first.shape[-1])
     windows = len(slide_window_boxes(height, width, cc.SLIDE_CROP, cc.SLIDE_STRIDE)) if cc.SLIDE_CROP > 0 else 1
     report = {
-        "config_file": args.config_file,
-        "opts": list(args.opts),
-        "model": cc.MODEL_NAME,
-        "device": str(device),
-        "precision": cc.PRECISION,
-        "threads": torch.get_num_threads(),
-        "input": args.dataset or f"synthetic {height}x{width}",
+        **report_header(cfg, args, model, f"synthetic {height}x{width}", text_seconds),
         "image_size": [height, width],
         "batch": len(batches[0]),
         "runs": args.runs,
@@ -521,8 +532,6 @@ def run_benchmark(args, program: str = "benchmark.py") -> dict:
         "stride": cc.SLIDE_STRIDE,
         "windows_per_image": windows,
         "window_batch": cc.WINDOW_BATCH,
-        "num_queries": len(model.vocabulary.queries),
-        "text_embedding_s": text_seconds,
         "text_cache_dir": cc.CACHE_DIR,
         "matmul_peak_gflops_per_s": peak / 1e9,
         "modes": {},
@@ -561,25 +570,13 @@ def run_loop_benchmark(cfg, args) -> dict:
     images (:mod:`.loop_benchmark`); the report's ``loop`` holds milliseconds per image."""
     from .loop_benchmark import per_image_report, run_evaluation_loop
 
-    cc = cfg.MODEL.CLEARCLIP
-    model = build_benchmark_model(cfg, args)
-    start = time.perf_counter()
-    model.text_embeddings()
-    text_seconds = time.perf_counter() - start
+    model, text_seconds = build_model_with_text(cfg, args)
     loop = run_evaluation_loop(cfg, model, args.dataset, args.num_images, args.evaluator_in_line)
     return {
-        "config_file": args.config_file,
-        "opts": list(args.opts),
-        "model": cc.MODEL_NAME,
-        "device": str(model.device),
-        "precision": cc.PRECISION,
-        "threads": torch.get_num_threads(),
-        "input": args.dataset,
+        **report_header(cfg, args, model, args.dataset, text_seconds),
         "images": loop["images"],
         "num_workers": loop["num_workers"],
         "evaluator": "in line" if loop["evaluator_in_line"] else "background thread",
-        "num_queries": len(model.vocabulary.queries),
-        "text_embedding_s": text_seconds,
         "loop": per_image_report(loop, args.gpu_model_ms),
     }
 

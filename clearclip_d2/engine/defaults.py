@@ -46,13 +46,6 @@ def output_folder_lock_of_run(cfg, args):
     return output_folder_lock(cfg.OUTPUT_DIR)
 
 
-def end_with_the_launcher(launcher_pid: Optional[int] = None) -> None:
-    """In a worker process: have the kernel send it SIGTERM when its parent (the launcher,
-    ``launcher_pid``) dies, however it dies; a launcher already gone ends it now (Linux only;
-    elsewhere nothing happens)."""
-    end_with_parent(launcher_pid)
-
-
 @contextlib.contextmanager
 def workers_stop_on_sigterm():
     """In the launcher: a SIGTERM is passed on to every worker process, then ends the launcher
@@ -72,9 +65,9 @@ def workers_stop_on_sigterm():
 
 def report_user_errors(main, program: str, args, launcher_pid: Optional[int] = None):
     """``main(args)`` in a process started by ``launch``: user errors become one line (with the
-    rank) and exit status 2; the process ends with its launcher, ``launcher_pid``
-    (:func:`end_with_the_launcher`)."""
-    end_with_the_launcher(launcher_pid)
+    rank) and exit status 2; the process ends with its launcher, ``launcher_pid``, however
+    that ends (:func:`~..utils.processes.end_with_parent`; a launcher already gone ends it now)."""
+    end_with_parent(launcher_pid)
     try:
         return main(args)
     except Exception as exc:

@@ -75,9 +75,10 @@ class Trainer(DefaultTrainer):
         unreadable images come out as markers for the evaluator. Its worker processes end
         with the process reading it (:func:`~..utils.processes.end_workers_with_the_reader`)."""
         if dataset_dicts is None:
-            return end_workers_with_the_reader(build_detection_test_loader(cfg, dataset_name, mapper=ClearCLIPDatasetMapper(cfg, False)))
-        mapper = ClearCLIPDatasetMapper(cfg, False, mark_bad_images=True)
-        loader = build_detection_test_loader(dataset_dicts, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS)
+            loader = build_detection_test_loader(cfg, dataset_name, mapper=ClearCLIPDatasetMapper(cfg, False))
+        else:
+            mapper = ClearCLIPDatasetMapper(cfg, False, mark_bad_images=True)
+            loader = build_detection_test_loader(dataset_dicts, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS)
         return end_workers_with_the_reader(loader)
 
     @classmethod
