@@ -57,3 +57,19 @@ def test_class_runs_are_the_masks_runs():
 def test_a_class_without_a_dataset_id_is_one_line():
     with pytest.raises(ClearCLIPError, match="predicted class 7 has no stuff_dataset_id_to_contiguous_id entry in a.jpg"):
         encode_predictions(np.array([[7, 1]]), "a.jpg", {1: 2})
+
+
+def test_the_predictions_file_text_is_json_dumps_of_all_entries():
+    """sem_seg_predictions.json is joined from each image's own JSON text (made on the evaluator's
+    thread): the same bytes as json.dumps of every entry, images without entries included."""
+    import json
+
+    from clearclip_d2.evaluation.shards import ImageResult, join_json_lists
+
+    per_image = [encode_predictions(labels, f"{name}.jpg", None) for name, labels in label_maps()]
+    per_image.insert(2, [])  # an image without entries (as a result read from an edited shard could be)
+    results = [ImageResult(f"{index}.jpg", (np.zeros(0), np.zeros(0)), None, entries) for index, entries in enumerate(per_image)]
+    joined = join_json_lists(result.predictions_json for result in results)
+    assert joined == json.dumps([entry for entries in per_image for entry in entries])
+    assert json.loads(joined)[0]["file_name"] == "many classes, blocks.jpg"
+    assert join_json_lists([]) == json.dumps([]) and join_json_lists(["[]", "[]"]) == "[]"

@@ -11,7 +11,7 @@ from detectron2.data import transforms as T
 from PIL import Image
 
 from ..utils.errors import ClearCLIPError
-from .transforms import ResizeShortLongEdge
+from .transforms import ResizeShortLongEdge, max_resized_pixels
 
 # Key of the marker dict returned for an unreadable image by a mapper built with
 # ``mark_bad_images=True`` (value: the one-line reason).
@@ -110,3 +110,9 @@ class ClearCLIPDatasetMapper:
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
         dataset_dict["height"], dataset_dict["width"] = height, width
         return dataset_dict
+
+
+def max_mapped_image_bytes(cfg) -> int:
+    """The size in bytes of the largest ``image`` :class:`ClearCLIPDatasetMapper` gives with ``cfg``
+    (uint8, 3 channels, resized by ``INPUT.MIN_SIZE_TEST`` / ``INPUT.MAX_SIZE_TEST``)."""
+    return 3 * max_resized_pixels(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)

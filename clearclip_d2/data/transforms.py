@@ -32,6 +32,13 @@ def reference_resize_shape(height: int, width: int, short_edge: int, max_long_ed
     return new_h, new_w
 
 
+def max_resized_pixels(short_edge: int, max_long_edge: int) -> int:
+    """An upper bound of the pixels of any image after :func:`reference_resize_shape`: its
+    short side is at most ``short_edge`` and its long side at most ``max_long_edge`` (one more
+    each for the rounding)."""
+    return (short_edge + 1) * (max_long_edge + 1)
+
+
 class OpenCVResizeTransform(Transform):
     """Resize with ``cv2.resize``: bilinear for images, nearest for label maps."""
 

@@ -6,22 +6,28 @@ output folder (shards, ``sem_seg_predictions.json``) is a temporary folder remov
 the test loader (``DATALOADER.NUM_WORKERS`` worker processes), the model in ``labels_only``
 mode and ClearCLIP's evaluator, through :func:`~..evaluation.resumable.run_planned_evaluation`
 (Detectron2's ``inference_on_dataset``). Timing wrappers around the loader and the model and
-the evaluator's :class:`~..utils.timing.PartTimer` split the wall time per image into
+the evaluator's :class:`~..utils.timing.PartTimer` split the time per image of the running
+loop (from the request of the second batch to the request that ends the loader: the first
+image's iteration holds the loader's start-up) into
 
-* ``loader_wait``: the main process waiting for the next batch (0 when the workers keep up);
+* ``loader_wait``: the main process waiting for the next batch (receiving it from a worker);
 * ``model``: the forward (synchronised on CUDA);
 * ``process``: ``evaluator.process`` in the main thread: ``to_cpu`` (the labels to the CPU) and
   ``collect`` (taking the background thread's results; waiting for it when more than
   ``MAX_IMAGES_IN_FLIGHT`` images are outstanding, i.e. when it is slower than the model);
-* ``evaluate``: ``evaluator.evaluate`` (gather, metrics, files), divided by the image count;
-* ``other``: the rest of the loop (Detectron2's bookkeeping, the bad-input filter).
+* ``other``: the rest of the loop (Detectron2's bookkeeping, the bad-input filter);
+
+and adds ``evaluate``: ``evaluator.evaluate``'s own work (gather, metrics, files, which grow
+with the images), divided by the image count.
 
 The evaluator's per-image work (``label_read``, ``confusion``, ``boundary``, ``rle``,
 ``shard_write``) runs on its background thread, overlapping the model: it is reported apart, and
 must stay below the model's time (else the main thread waits for it, in ``collect``).
 
-``overhead`` = wall - model: what the loop adds to the model's time on this machine. The start-up
-(the first batch: the loader's worker processes start) and the plan are one-offs, reported apart.
+``overhead`` = the loop's time per image - model + evaluate: what the loop adds to the model's
+time on this machine. One-offs are reported apart, in seconds: the plan, the loader's start-up
+(the first batch: its worker processes start), its shut-down (the request that ends it) and the
+drain (``evaluate`` waiting for the background thread's last images).
 """
 
 import statistics
@@ -40,27 +46,31 @@ EVALUATOR_PARTS = ("to_cpu", "collect")  # main thread; the background thread's 
 
 class TimedLoader:
     """Iterates ``loader``, adding the seconds of each ``next()`` to ``timer``: the first batch
-    under ``loader_startup`` (the worker processes start), the others under ``loader_wait``."""
+    under ``loader_startup`` (the worker processes start), the last request (the one that ends
+    the loader and its processes) under ``loader_shutdown``, the others under ``loader_wait``.
+    ``requests``: the ``perf_counter`` time of each request; ``batch_sizes``: each batch's images."""
 
     def __init__(self, loader: Iterable, timer: PartTimer):
         self.loader = loader
         self.timer = timer
+        self.requests: List[float] = []
+        self.batch_sizes: List[int] = []
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[List[Dict]]:
-        name = "loader_startup"
         iterator = iter(self.loader)
         while True:
             start = time.perf_counter()
+            self.requests.append(start)
             try:
                 batch = next(iterator)
             except StopIteration:
+                self.timer.add("loader_shutdown", time.perf_counter() - start)
                 return
-            finally:
-                self.timer.add(name, time.perf_counter() - start)
-            name = "loader_wait"
+            self.timer.add("loader_wait" if self.batch_sizes else "loader_startup", time.perf_counter() - start)
+            self.batch_sizes.append(len(batch))
             yield batch
 
 
@@ -114,64 +124,73 @@ def run_evaluation_loop(cfg, model, dataset_name: str, num_images: int, in_line:
         plan = plan_evaluation(cfg, dataset_name, output_dir, resume=False)
         plan_seconds = time.perf_counter() - start
         plan.remaining = plan.remaining[:num_images]
-        if not plan.remaining:
-            raise ClearCLIPError(f"--dataset {dataset_name} has no images")
+        if len(plan.remaining) < 2:
+            raise ClearCLIPError(f"--dataset {dataset_name} has {len(plan.remaining)} image(s); the loop needs at least 2")
         with labels_for(model, evaluator), torch.no_grad():
             model([ClearCLIPDatasetMapper(cfg, False)(dict(plan.remaining[0]))])  # first call: allocations, caches
         evaluator.timer = timer
         timed_model = TimedModel(model, timer)
+        loaders: List[TimedLoader] = []
+
+        def build_timed_loader(dicts):
+            loaders.append(TimedLoader(Trainer.build_test_loader(cfg, dataset_name, dicts), timer))
+            return loaders[-1]
+
         with labels_for(model, evaluator):
             start = time.perf_counter()
-            results = run_planned_evaluation(
-                timed_model, plan, evaluator,
-                lambda dicts: TimedLoader(Trainer.build_test_loader(cfg, dataset_name, dicts), timer),
-            )
+            results = run_planned_evaluation(timed_model, plan, evaluator, build_timed_loader)
             wall = time.perf_counter() - start
         evaluator.timer = PartTimer()  # what follows is not timed
     images = len(plan.remaining)
     evaluated = (results.get("evaluation") or {}).get("images", 0)
     if evaluated != images:
         raise ClearCLIPError(f"the evaluation loop evaluated {evaluated} of {images} images of {dataset_name}")
+    loader = loaders[0]
     return {
         "images": images,
         "wall_s": wall,
+        "running_s": loader.requests[-1] - loader.requests[1],
+        "running_images": sum(loader.batch_sizes[1:]),
         "plan_s": plan_seconds,
-        "parts_s": dict(timer.seconds),
-        "median_call_s": {name: statistics.median(calls) for name, calls in timer.calls.items()},
+        "calls_s": {name: list(calls) for name, calls in timer.calls.items()},
         "mapping_s_per_image": mapping_seconds(cfg, plan.remaining, min(images, 4)),
         "num_workers": cfg.DATALOADER.NUM_WORKERS,
         "evaluator_in_line": in_line,
     }
 
 
+MAIN_THREAD_PARTS = ("loader_wait", "model", "process", *EVALUATOR_PARTS)  # per image, in the running loop
+ONE_OFFS = ("loader_startup", "loader_shutdown", "evaluate_drain")
+
+
 def per_image_report(loop: dict, gpu_model_ms: float) -> dict:
-    """Milliseconds per image of each part of the loop (start-up left out), ``overhead_ms`` =
-    wall - model, and the overhead as a fraction of the model's measured time and of
-    ``gpu_model_ms`` (the model time of a GPU-sized model, the bound's reference)."""
-    images = loop["images"]
-    parts = loop["parts_s"]
-    startup = parts.get("loader_startup", 0.0)
+    """Milliseconds per image of each part of the running loop (the first image's iteration,
+    which holds the loader's start-up, left out), ``evaluate``'s own work divided by the image
+    count, ``overhead_ms`` = loop - model + evaluate, and the overhead as a fraction of the
+    model's measured time and of ``gpu_model_ms`` (the model time of a GPU-sized model, the
+    bound's reference); one-offs in seconds."""
+    calls = loop["calls_s"]
+    running = loop["running_images"]
 
-    def ms(seconds: float) -> float:
-        return 1000 * seconds / images
+    def running_ms(name: str) -> float:  # the calls of the images after the first (batch 1: a call per image)
+        return 1000 * sum(calls.get(name, [])[-running:]) / running
 
-    wall = ms(loop["wall_s"] - startup)
-    report = {
-        "wall_ms": wall,
-        "loader_wait_ms": ms(parts.get("loader_wait", 0.0)),
-        "model_ms": ms(parts.get("model", 0.0)),
-        "process_ms": ms(parts.get("process", 0.0)),
-        "evaluate_ms": ms(parts.get("evaluate", 0.0)),
-    }
-    report["other_ms"] = wall - sum(report[k] for k in ("loader_wait_ms", "model_ms", "process_ms", "evaluate_ms"))
-    report["process_parts_ms"] = {name: ms(parts[name]) for name in EVALUATOR_PARTS if name in parts}
-    worker = {name[len("worker_"):]: ms(parts[name]) for name in parts if name.startswith("worker_")}
+    def median_ms(name: str) -> float:
+        return 1000 * statistics.median(calls[name][-running:])
+
+    report = {"wall_ms": 1000 * loop["running_s"] / running}
+    report.update({f"{name}_ms": running_ms(name) for name in ("loader_wait", "model", "process")})
+    report["other_ms"] = report["wall_ms"] - sum(report[f"{name}_ms"] for name in ("loader_wait", "model", "process"))
+    evaluate_s = sum(calls.get("evaluate", [])) - sum(calls.get("evaluate_drain", []))
+    report["evaluate_ms"] = 1000 * evaluate_s / loop["images"]
+    report["process_parts_ms"] = {name: running_ms(name) for name in EVALUATOR_PARTS if name in calls}
+    worker = {name[len("worker_"):]: running_ms(name) for name in calls if name.startswith("worker_")}
     if loop["evaluator_in_line"]:  # the "worker" parts ran in process(), on the main thread
         report["process_parts_ms"].update(worker)
     elif worker:
         report["evaluator_worker_ms"] = worker
         report["evaluator_worker_total_ms"] = sum(worker.values())
-    report["overhead_ms"] = wall - report["model_ms"]
+    report["overhead_ms"] = report["wall_ms"] - report["model_ms"] + report["evaluate_ms"]
     report["overhead_over_model"] = report["overhead_ms"] / report["model_ms"] if report["model_ms"] else float("nan")
     report["gpu_model_ms"] = gpu_model_ms
     report["overhead_over_gpu_model"] = report["overhead_ms"] / gpu_model_ms
@@ -182,10 +201,12 @@ def per_image_report(loop: dict, gpu_model_ms: float) -> dict:
     report["main_thread_evaluator_ms"] = report["process_ms"] + report["evaluate_ms"]
     # The median call of each part per image (batch 1), without the long tail of a shared machine
     # (the main thread descheduled by other processes).
-    median = loop["median_call_s"]
-    report["median_ms"] = {name.replace("worker_", ""): 1000 * seconds for name, seconds in median.items()
-                           if name not in ("loader_startup", "evaluate")}
-    report["startup_s"] = startup
+    report["median_ms"] = {name: median_ms(name) for name in MAIN_THREAD_PARTS if name in calls}
+    report["median_ms"].update({name[len("worker_"):]: 1000 * statistics.median(values)
+                                for name, values in calls.items() if name.startswith("worker_")})
+    report["running_images"] = running
+    report.update({f"{name.replace('loader_', '')}_s": sum(calls.get(name, [])) for name in ONE_OFFS})
+    report["drain_s"] = report.pop("evaluate_drain_s")
     report["plan_s"] = loop["plan_s"]
     report["mapping_ms"] = 1000 * loop["mapping_s_per_image"]
     return report

@@ -21,6 +21,8 @@ from tabulate import tabulate
 
 from ..config import check_clearclip_config
 from ..data import ClearCLIPDatasetMapper
+from ..data.dataset_mapper import max_mapped_image_bytes
+from ..data.image_slots import SlotHandingMapper, slots_for_test_loader
 from ..data.datasets import check_dataset_prepared
 from ..data.sem_seg_train import build_sem_seg_train_mapper
 from ..data.vocabulary import load_vocabulary_file
@@ -73,11 +75,15 @@ class Trainer(DefaultTrainer):
         """The test loader of a dataset (Detectron2's signature, for hooks and user code), or of
         ``dataset_dicts`` (the images still to evaluate, as :meth:`test` uses it), whose
         unreadable images come out as markers for the evaluator. Its worker processes end
-        with the process reading it (:func:`~..utils.processes.end_workers_with_the_reader`)."""
+        with the process reading it (:func:`~..utils.processes.end_workers_with_the_reader`) and
+        hand their images over through shared-memory slots (:mod:`~..data.image_slots`)."""
+        mapper = ClearCLIPDatasetMapper(cfg, False, mark_bad_images=dataset_dicts is not None)
+        slots = slots_for_test_loader(cfg.DATALOADER.NUM_WORKERS, max_mapped_image_bytes(cfg))
+        if slots is not None:
+            mapper = SlotHandingMapper(mapper, slots)
         if dataset_dicts is None:
-            loader = build_detection_test_loader(cfg, dataset_name, mapper=ClearCLIPDatasetMapper(cfg, False))
+            loader = build_detection_test_loader(cfg, dataset_name, mapper=mapper)
         else:
-            mapper = ClearCLIPDatasetMapper(cfg, False, mark_bad_images=True)
             loader = build_detection_test_loader(dataset_dicts, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS)
         return end_workers_with_the_reader(loader)
 

@@ -41,13 +41,13 @@ class EvaluationState:
     Attributes:
         confusion: [K+1, K+1] int64 summed confusion matrix (see :mod:`.metrics`).
         boundary_confusion: the same for the boundary maps, or None when boundary IoU is not computed.
-        predictions_by_file: each image's RLE prediction entries, by file name.
+        predictions_json_by_file: each image's RLE prediction entries as JSON text, by file name.
         skipped: (file name, reason) of the bad images left out.
     """
 
     confusion: np.ndarray
     boundary_confusion: Optional[np.ndarray]
-    predictions_by_file: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
+    predictions_json_by_file: Dict[str, str] = field(default_factory=dict)
     skipped: List[Tuple[str, str]] = field(default_factory=list)
 
     @classmethod
@@ -62,14 +62,14 @@ class EvaluationState:
         add_counts(self.confusion, result.confusion)
         if self.boundary_confusion is not None:
             add_counts(self.boundary_confusion, result.boundary_confusion)
-        self.predictions_by_file[result.file_name] = result.predictions
+        self.predictions_json_by_file[result.file_name] = result.predictions_json
 
     def merge(self, other: "EvaluationState") -> None:
         """Add another process's state."""
         self.confusion += other.confusion
         if self.boundary_confusion is not None and other.boundary_confusion is not None:
             self.boundary_confusion += other.boundary_confusion
-        self.predictions_by_file.update(other.predictions_by_file)
+        self.predictions_json_by_file.update(other.predictions_json_by_file)
         self.skipped.extend(other.skipped)
 
 

@@ -1,7 +1,6 @@
 """ClearCLIP's semantic-segmentation evaluator: Detectron2's ``SemSegEvaluator`` metrics and files,
 computed by the plugin from its own confusion matrices, resumable, with bad label maps named."""
 
-import json
 import logging
 import os
 import threading
@@ -24,7 +23,7 @@ from .background import InOrderWorker
 from .bad_inputs import SKIPPED_FILE, check_label_map, stop_message, write_skipped_list
 from .metrics import boundary_iou_supported, confusion_cells, mask_to_boundary, mmseg_metrics, sem_seg_metrics
 from .resumable import EvaluationState, gather_on_main_process
-from .shards import ImageResult, sparse_counts
+from .shards import ImageResult, join_json_lists, sparse_counts
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +162,8 @@ class ClearCLIPSemSegEvaluator(DatasetEvaluator):
         self._plan = None
         # Seconds per part of the work (``tools/benchmark.py --dataset`` sets a
         # :class:`~clearclip_d2.utils.timing.PartTimer`). Calling thread: process (to_cpu,
-        # collect), evaluate; background thread: worker_label_read, worker_confusion,
+        # collect), evaluate (evaluate_drain: waiting for the background thread's last images);
+        # background thread: worker_label_read, worker_confusion,
         # worker_boundary, worker_rle, worker_shard_write.
         self.timer = NO_TIMER
         self._worker = InOrderWorker(images_in_flight, "clearclip-eval")
@@ -243,8 +243,9 @@ class ClearCLIPSemSegEvaluator(DatasetEvaluator):
                 b_gt, b_pred = mask_to_boundary(gt.astype(np.uint8)), mask_to_boundary(pred.astype(np.uint8))
                 boundary = sparse_counts(confusion_cells(b_pred, b_gt, self._num_classes), num_cells)
         with timer.part("worker_rle"):
-            predictions = encode_predictions(pred, file_name, self._dataset_ids)
-        return ImageResult(file_name, confusion, boundary, predictions)
+            result = ImageResult(file_name, confusion, boundary, encode_predictions(pred, file_name, self._dataset_ids))
+            result.predictions_json  # noqa: B018  (made here, on the background thread)
+        return result
 
     def report_bad_input(self, file_name: str, reason: str) -> None:
         """A bad image or label: stop with one line, or (``skip_bad_images``) record and go on.
@@ -255,7 +256,7 @@ class ClearCLIPSemSegEvaluator(DatasetEvaluator):
     def _report_bad_input(self, file_name: str, reason: str) -> None:
         if not self._skip_bad_images:
             store = self._plan.store if self._plan is not None else None
-            done = store.count() if store is not None else len(self._state.predictions_by_file)
+            done = store.count() if store is not None else len(self._state.predictions_json_by_file)
             if self._distributed and comm.get_world_size() > 1:
                 done = None  # the other processes go on until they are stopped: the launcher counts
 
@@ -269,8 +270,9 @@ class ClearCLIPSemSegEvaluator(DatasetEvaluator):
         """The metrics of every process's images and of the plan's stored ones (main process;
         None on the others), with the output files written."""
         with self.timer.part("evaluate"):
-            self._collect(self._worker.drain())
-            self.finish_pending()
+            with self.timer.part("evaluate_drain"):
+                self._collect(self._worker.drain())
+                self.finish_pending()
             return self._evaluate()
 
     def _evaluate(self):
@@ -279,13 +281,13 @@ class ClearCLIPSemSegEvaluator(DatasetEvaluator):
             return None
         for result in (self._plan.done.values() if self._plan is not None else ()):
             state.add(result)
-        order = sorted(state.predictions_by_file, key=self._dataset_order.__getitem__)
+        order = sorted(state.predictions_json_by_file, key=self._dataset_order.__getitem__)
         skipped = sorted(state.skipped, key=lambda entry: self._dataset_order.get(entry[0], -1))
         if skipped:
             logger.warning(f"{len(skipped)} bad image(s) were skipped, not in the metrics, listed in {SKIPPED_FILE}")
         metrics = sem_seg_metrics(state.confusion, self._class_names, state.boundary_confusion)
         if self._output_dir:
-            predictions = [entry for file_name in order for entry in state.predictions_by_file[file_name]]
+            predictions = join_json_lists(state.predictions_json_by_file[file_name] for file_name in order)
             self._write_outputs(predictions, skipped, metrics)
         metrics.update(mmseg_metrics(state.confusion))  # beside Detectron2's mIoU, not in its .pth
         results = OrderedDict(sem_seg=metrics)
@@ -293,11 +295,12 @@ class ClearCLIPSemSegEvaluator(DatasetEvaluator):
         results["evaluation"] = {"images": len(order), "skipped_images": len(skipped)}
         return results
 
-    def _write_outputs(self, predictions: List[Dict], skipped: Sequence[Tuple[str, str]], metrics: Dict[str, float]) -> None:
-        """``sem_seg_predictions.json``, ``skipped.txt`` and ``sem_seg_evaluation.pth`` (Detectron2's
-        metrics, as Python floats), each atomically."""
+    def _write_outputs(self, predictions_json: str, skipped: Sequence[Tuple[str, str]], metrics: Dict[str, float]) -> None:
+        """``sem_seg_predictions.json`` (the JSON text of every image's entries, in dataset order),
+        ``skipped.txt`` and ``sem_seg_evaluation.pth`` (Detectron2's metrics, as Python floats),
+        each atomically."""
         with atomic_write(os.path.join(self._output_dir, PREDICTIONS_FILE), "w") as f:
-            f.write(json.dumps(predictions))
+            f.write(predictions_json)
         write_skipped_list(self._output_dir, skipped)
         with atomic_write(os.path.join(self._output_dir, METRICS_FILE), "wb") as f:
             torch.save(dict(metrics), f)

@@ -16,6 +16,7 @@ is a shard whose counts are not a confusion matrix's (a cell outside the matrix,
 non-integer count: a hand-edited or damaged file).
 """
 
+import functools
 import hashlib
 import json
 import logging
@@ -57,6 +58,18 @@ class ImageResult:
     confusion: SparseCounts
     boundary_confusion: Optional[SparseCounts]
     predictions: List[Dict[str, Any]]
+
+    @functools.cached_property
+    def predictions_json(self) -> str:
+        """``json.dumps(predictions)``: made once, where the result is made (the evaluator's
+        background thread), so that writing ``sem_seg_predictions.json`` only joins texts."""
+        return json.dumps(self.predictions)
+
+
+def join_json_lists(texts: Iterable[str]) -> str:
+    """The text ``json.dumps`` gives for the concatenation of the lists whose ``json.dumps`` texts
+    are ``texts``."""
+    return "[" + ", ".join(text[1:-1] for text in texts if text != "[]") + "]"
 
 
 def sparse_counts(flat_cells: np.ndarray, num_cells: int) -> SparseCounts:
