@@ -119,3 +119,26 @@ def test_the_trainers_test_loader_gives_the_mappers_images(tiny_model_files, tmp
     for (item,), want in zip(batches, expected):
         assert item["file_name"] == want["file_name"] and (item["height"], item["width"]) == (want["height"], want["width"])
         assert isinstance(item["image"], torch.Tensor) and torch.equal(item["image"], want["image"])
+
+
+def hold_the_lock_and_die(slots):
+    import os
+    import signal
+
+    slots.lock.acquire()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_worker_killed_holding_the_lock_stops_the_reader_in_one_line_instead_of_hanging():
+    import multiprocessing
+
+    slots = ImageSlots(num_slots=2, slot_bytes=SLOT_BYTES)
+    slots.lock_timeout_s = 0.2
+    handle = slots.put(image_of(0))
+    worker = multiprocessing.get_context("fork").Process(target=hold_the_lock_and_die, args=(slots,))
+    worker.start()
+    worker.join()
+    with pytest.raises(ClearCLIPError, match="image slots stayed locked for 0.2 s: a data-loader worker was killed while holding"):
+        slots.take(handle.slot, handle.shape)
+    with pytest.raises(ClearCLIPError, match="stayed locked"):
+        slots.put(image_of(1))

@@ -17,12 +17,13 @@ slot is taken, when the loader is read without workers, and when the workers are
 (``spawn``/``forkserver``: the slots are not pickled, so those workers have none).
 """
 
+import contextlib
 import mmap
 import multiprocessing
 import os
 import uuid
 import weakref
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 import torch.utils.data
@@ -38,9 +39,13 @@ class ImageSlots:
     """``num_slots`` slots of ``slot_bytes`` bytes each in one anonymous shared mapping.
 
     Workers :meth:`put` (claim the lowest free slot, copy the image in), the reader
-    :meth:`take` (copy it out, free the slot). The slot flags change under one lock, whose
-    acquire and release also order the reader's copy before the slot's reuse.
+    :meth:`take` (copy it out, free the slot). The slot flags change under ``lock``, whose
+    acquire and release also order the reader's copy before the slot's reuse. It is held for
+    microseconds; waiting for it longer than ``lock_timeout_s`` means a worker was killed
+    while holding it, which stops the evaluation with one line instead of hanging.
     """
+
+    lock_timeout_s = 10.0
 
     def __init__(self, num_slots: int, slot_bytes: int):
         if num_slots < 1 or num_slots > FLAGS_BYTES or slot_bytes < 1:
@@ -52,7 +57,7 @@ class ImageSlots:
         memory = torch.frombuffer(self._mapping, dtype=torch.uint8)
         self._flags = memory[:num_slots]
         self._slots = memory[FLAGS_BYTES:].view(num_slots, slot_bytes)
-        self._lock = multiprocessing.get_context("fork").Lock()
+        self.lock = multiprocessing.get_context("fork").Lock()
         _SLOTS_BY_ID[self.id] = self
 
     @property
@@ -65,10 +70,22 @@ class ImageSlots:
         return {"id": self.id, "num_slots": self.num_slots, "slot_bytes": self.slot_bytes}
 
     def __setstate__(self, state: Dict) -> None:
-        self.__dict__.update(state, _mapping=None, _flags=None, _slots=None, _lock=None)
+        self.__dict__.update(state, _mapping=None, _flags=None, _slots=None, lock=None)
+
+    @contextlib.contextmanager
+    def _flags_locked(self) -> Iterator[None]:
+        if not self.lock.acquire(timeout=self.lock_timeout_s):
+            raise ClearCLIPError(
+                f"the test loader's image slots stayed locked for {self.lock_timeout_s:g} s: a data-loader worker was "
+                "killed while holding their lock; run the evaluation again (--resume-eval keeps the images done)"
+            )
+        try:
+            yield
+        finally:
+            self.lock.release()
 
     def free_count(self) -> int:
-        with self._lock:
+        with self._flags_locked():
             return int((self._flags == FREE).sum())
 
     def put(self, image: torch.Tensor) -> Optional["SlotImage"]:
@@ -76,7 +93,7 @@ class ImageSlots:
         process, none free, or an image that is not a uint8 CPU tensor of at most ``slot_bytes``)."""
         if not self.usable or image.dtype != torch.uint8 or image.device.type != "cpu" or image.numel() > self.slot_bytes:
             return None
-        with self._lock:
+        with self._flags_locked():
             free = torch.nonzero(self._flags == FREE)
             if len(free) == 0:
                 return None
@@ -89,7 +106,7 @@ class ImageSlots:
         """The image in ``slot`` (of ``shape``) as a new tensor; the slot is free again."""
         image = torch.empty(shape, dtype=torch.uint8)
         image.view(-1).copy_(self._slots[slot, : image.numel()])
-        with self._lock:
+        with self._flags_locked():
             self._flags[slot] = FREE
         return image
 
