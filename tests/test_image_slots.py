@@ -92,11 +92,23 @@ def test_a_slot_image_reaching_a_process_without_its_slots_is_refused_in_one_lin
         pickle.loads(pickle.dumps(SlotImage("no-such-slots", 0, (3, 2, 2))))
 
 
-def test_slot_counts_follow_the_workers():
+def test_slot_counts_follow_the_workers(monkeypatch, caplog):
+    from conftest import capturing_warnings
+
     slots = slots_for_test_loader(num_workers=4, max_image_bytes=100)
     assert slots.num_slots == 12 and slots.slot_bytes == 100 and slots.free_count() == 12
+    assert slots_for_test_loader(num_workers=40, max_image_bytes=100).num_slots == 64
+    assert slots_for_test_loader(num_workers=2, max_image_bytes=0) is None
     with pytest.raises(ValueError, match="ImageSlots needs 1..64 slots"):
         ImageSlots(0, 10)
+
+    def refuse(*args):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr("mmap.mmap", refuse)  # a system that refuses the mapping: PyTorch's way, with a warning
+    with capturing_warnings(caplog, "clearclip_d2"):
+        assert slots_for_test_loader(num_workers=2, max_image_bytes=100) is None
+    assert "No shared-memory image slots (6 x 100 bytes: [Errno 12] Cannot allocate memory)" in caplog.text
 
 
 def test_the_trainers_test_loader_gives_the_mappers_images(tiny_model_files, tmp_path):

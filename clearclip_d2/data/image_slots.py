@@ -18,6 +18,7 @@ slot is taken, when the loader is read without workers, and when the workers are
 """
 
 import contextlib
+import logging
 import mmap
 import multiprocessing
 import os
@@ -30,6 +31,7 @@ import torch.utils.data
 
 from ..utils.errors import ClearCLIPError
 
+logger = logging.getLogger(__name__)
 _SLOTS_BY_ID: "weakref.WeakValueDictionary[str, ImageSlots]" = weakref.WeakValueDictionary()
 FREE, TAKEN = 0, 1
 FLAGS_BYTES = 64  # the slots start on a cache line of their own
@@ -152,7 +154,14 @@ class SlotHandingMapper:
 def slots_for_test_loader(num_workers: int, max_image_bytes: int, prefetch_factor: int = 2) -> Optional[ImageSlots]:
     """Slots for a test loader with ``num_workers`` workers (each holding up to
     ``prefetch_factor`` images, PyTorch's default 2, plus the one it maps) and images of at most
-    ``max_image_bytes``; None without workers or fork."""
-    if num_workers < 1 or not hasattr(os, "fork"):
+    ``max_image_bytes``; None without workers or fork, or when the system refuses the mapping
+    (the images then go PyTorch's way)."""
+    if num_workers < 1 or max_image_bytes < 1 or not hasattr(os, "fork"):
         return None
-    return ImageSlots(min(FLAGS_BYTES, num_workers * (prefetch_factor + 1)), max_image_bytes)
+    num_slots = min(FLAGS_BYTES, num_workers * (prefetch_factor + 1))
+    try:
+        return ImageSlots(num_slots, max_image_bytes)
+    except OSError as e:  # e.g. strict overcommit and a large INPUT.MAX_SIZE_TEST
+        logger.warning(f"No shared-memory image slots ({num_slots} x {max_image_bytes} bytes: {e}); "
+                       "the test loader hands images over the usual way")
+        return None
