@@ -471,11 +471,10 @@ def measure_text_embedding(model, classes: int, templates: int, sample_prompts: 
             "seconds_extrapolated": seconds * classes * templates / prompts}
 
 
-MIN_LOOP_IMAGES = 2
-
-
 def check_benchmark_args(args) -> List[str]:
     """Refuse bad numbers before any work; returns the modes to run."""
+    from .loop_benchmark import MIN_LOOP_IMAGES
+
     modes = parse_modes(args.modes)
     if args.runs < 1 or args.warmup < 0 or args.batch < 1:
         raise ClearCLIPError("--runs and --batch must be >= 1 and --warmup >= 0")

@@ -41,6 +41,7 @@ from torch import nn
 from ..utils.errors import ClearCLIPError
 from ..utils.timing import PartTimer, synchronize
 
+MIN_LOOP_IMAGES = 2  # the first image's iteration holds the loader's start-up: per image is from the second on
 EVALUATOR_PARTS = ("to_cpu", "collect")  # main thread; the background thread's are "worker_*"
 
 
@@ -124,8 +125,8 @@ def run_evaluation_loop(cfg, model, dataset_name: str, num_images: int, in_line:
         plan = plan_evaluation(cfg, dataset_name, output_dir, resume=False)
         plan_seconds = time.perf_counter() - start
         plan.remaining = plan.remaining[:num_images]
-        if len(plan.remaining) < 2:
-            raise ClearCLIPError(f"--dataset {dataset_name} has {len(plan.remaining)} image(s); the loop needs at least 2")
+        if len(plan.remaining) < MIN_LOOP_IMAGES:
+            raise ClearCLIPError(f"--dataset {dataset_name} has {len(plan.remaining)} image(s); the loop needs at least {MIN_LOOP_IMAGES}")
         with labels_for(model, evaluator), torch.no_grad():
             model([ClearCLIPDatasetMapper(cfg, False)(dict(plan.remaining[0]))])  # first call: allocations, caches
         evaluator.timer = timer
@@ -160,7 +161,7 @@ def run_evaluation_loop(cfg, model, dataset_name: str, num_images: int, in_line:
 
 
 MAIN_THREAD_PARTS = ("loader_wait", "model", "process", *EVALUATOR_PARTS)  # per image, in the running loop
-ONE_OFFS = ("loader_startup", "loader_shutdown", "evaluate_drain")
+ONE_OFFS = {"startup_s": "loader_startup", "shutdown_s": "loader_shutdown", "drain_s": "evaluate_drain"}
 
 
 def per_image_report(loop: dict, gpu_model_ms: float) -> dict:
@@ -202,11 +203,9 @@ def per_image_report(loop: dict, gpu_model_ms: float) -> dict:
     # The median call of each part per image (batch 1), without the long tail of a shared machine
     # (the main thread descheduled by other processes).
     report["median_ms"] = {name: median_ms(name) for name in MAIN_THREAD_PARTS if name in calls}
-    report["median_ms"].update({name[len("worker_"):]: 1000 * statistics.median(values)
-                                for name, values in calls.items() if name.startswith("worker_")})
+    report["median_ms"].update({name[len("worker_"):]: median_ms(name) for name in calls if name.startswith("worker_")})
     report["running_images"] = running
-    report.update({f"{name.replace('loader_', '')}_s": sum(calls.get(name, [])) for name in ONE_OFFS})
-    report["drain_s"] = report.pop("evaluate_drain_s")
+    report.update({key: sum(calls.get(name, [])) for key, name in ONE_OFFS.items()})
     report["plan_s"] = loop["plan_s"]
     report["mapping_ms"] = 1000 * loop["mapping_s_per_image"]
     return report
