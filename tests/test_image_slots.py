@@ -111,8 +111,9 @@ def test_slot_counts_follow_the_workers(monkeypatch, caplog):
     assert "No shared-memory image slots (6 x 100 bytes: [Errno 12] Cannot allocate memory)" in caplog.text
 
 
-def test_the_trainers_test_loader_gives_the_mappers_images(tiny_model_files, tmp_path):
-    """Trainer.build_test_loader with workers (slots) gives what the mapper gives in this process."""
+def test_the_trainers_test_loader_gives_the_mappers_images(tiny_model_files, tmp_path, monkeypatch):
+    """Trainer.build_test_loader with workers hands every image over through its slots, and
+    gives what the mapper gives in this process."""
     from conftest import tiny_cfg
     from synthetic_coco import write_coco_stuff_layout
 
@@ -126,7 +127,16 @@ def test_the_trainers_test_loader_gives_the_mappers_images(tiny_model_files, tmp
     cfg = tiny_cfg(tiny_model_files, **{"DATALOADER.NUM_WORKERS": 2, "INPUT.MIN_SIZE_TEST": 32, "INPUT.MAX_SIZE_TEST": 48})
     assert max_mapped_image_bytes(cfg) == 3 * 33 * 49
     expected = [ClearCLIPDatasetMapper(cfg, False)(dict(d)) for d in dicts]
+    taken, take = [], ImageSlots.take
+
+    def counting_take(slots, slot, shape):  # in this process, the reader
+        taken.append(tuple(shape))
+        return take(slots, slot, shape)
+
+    monkeypatch.setattr(ImageSlots, "take", counting_take)
     batches = list(Trainer.build_test_loader(cfg, "unused", dicts))
+    # every image came through a slot (taken as it arrives, from either worker)
+    assert sorted(taken) == sorted(tuple(want["image"].shape) for want in expected)
     assert [len(batch) for batch in batches] == [1, 1, 1]
     for (item,), want in zip(batches, expected):
         assert item["file_name"] == want["file_name"] and (item["height"], item["width"]) == (want["height"], want["width"])
